@@ -1,0 +1,1 @@
+"""debias3d.finetune."""
