@@ -1,0 +1,295 @@
+"""Typed dataclass configs loaded from YAML, with ``key.sub=value`` command-line overrides.
+
+Every stage owns a dataclass (``CorpusConfig``, ``BackboneTrainConfig``, ...). Each field has a
+default and a one-line help in ``field(metadata={"help": ...})``. This module turns YAML into those
+dataclasses and refuses anything it cannot check:
+
+* an unknown key is an error (never silently ignored), with a "did you mean" hint;
+* a value of the wrong type is an error that names the file, the dotted key and the expected type;
+* ``__post_init__`` of each dataclass rejects bad values with a message naming the field.
+
+>>> from dataclasses import dataclass, field
+>>> @dataclass
+... class Sampler:
+...     steps: int = field(default=25, metadata={"help": "Euler steps"})
+>>> @dataclass
+... class Cfg:
+...     seed: int = 0
+...     sampler: Sampler = field(default_factory=Sampler)
+>>> load_config(Cfg, overrides=["sampler.steps=10"]).sampler.steps
+10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+__all__ = [
+    "ConfigError",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "apply_overrides",
+    "dump_config",
+    "describe",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match its dataclass. The message is one line."""
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = get_origin(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple, dict, Mapping):
+        args = ", ".join(_type_name(a) for a in get_args(tp) if a is not Ellipsis)
+        return f"{origin.__name__}[{args}]" if args else origin.__name__
+    if dataclasses.is_dataclass(tp):
+        return f"mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _where(source: str | None, key: str) -> str:
+    return f"{source}: key '{key}'" if source else f"key '{key}'"
+
+
+def _convert(value: Any, tp: Any, key: str, source: str | None) -> Any:
+    """Check ``value`` against annotation ``tp`` and convert (YAML lists → tuples, ints → floats)."""
+    if tp is Any:
+        return value
+    origin = get_origin(tp)
+
+    def fail() -> ConfigError:
+        got = type(value).__name__
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return ConfigError(f"{_where(source, key)}: expected {_type_name(tp)}, got {got} ({shown})")
+
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(e)
+        raise fail()
+    if origin is typing.Literal:
+        if value in get_args(tp):
+            return value
+        raise fail()
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise fail()
+        return from_dict(tp, value, source=source, prefix=key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail()
+    if tp in (Path,):
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise fail()
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise fail()
+            return tuple(
+                _convert(v, a, f"{key}[{i}]", source)
+                for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
+        item_tp = args[0] if args else Any
+        items = [_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise fail()
+        k_tp, v_tp = (get_args(tp) + (Any, Any))[:2]
+        return {
+            _convert(k, k_tp, f"{key}.<key>", source): _convert(v, v_tp, f"{key}.{k}", source)
+            for k, v in value.items()
+        }
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise fail()
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str | None = None, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking every key and type (see module doc)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    if not isinstance(data, Mapping):
+        where = f"{source}: " if source else ""
+        raise ConfigError(
+            f"{where}expected a mapping for {prefix or cls.__name__}, got {type(data).__name__}"
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            known = ", ".join(fields)
+            raise ConfigError(f"{_where(source, key)}: unknown key{hint}; {cls.__name__} accepts: {known}")
+        kwargs[k] = _convert(v, hints[k], key, source)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}{prefix + ': ' if prefix else ''}{e}") from e
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Dataclass → plain dict of YAML-safe values (tuples → lists, Paths → str)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return plain(cfg)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings to a nested dict; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        key, _, raw = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(data, key, value)
+    return data
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+) -> T:
+    """Load ``cls`` from an optional YAML file plus ``key.sub=value`` overrides.
+
+    Args:
+        cls: the dataclass to build.
+        path: a YAML file (a mapping at top level) or None for the defaults.
+        overrides: dotted overrides, applied after the file.
+
+    Raises:
+        ConfigError: one line naming the file, the key and the expected type.
+    """
+    data: dict[str, Any] = {}
+    source = None
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{p}: not valid YAML: {first}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    overrides = list(overrides)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{source} (+ overrides)" if source else "command-line overrides"
+    return from_dict(cls, data, source=source)
+
+
+def dump_config(cfg: Any, path: str | Path) -> Path:
+    """Write a dataclass config as YAML (used to record each run's resolved config)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    return p
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help) rows for ``--help`` texts and docs."""
+    rows: list[tuple[str, str, str, str]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, prefix=key + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "(required)"
+        rows.append((key, _type_name(tp), default, f.metadata.get("help", "")))
+    return rows
