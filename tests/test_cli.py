@@ -45,3 +45,45 @@ def test_subcommands_listed(command):
 def test_sub_help(argv):
     result = runner.invoke(app, argv)
     assert result.exit_code == 0, result.output
+
+
+def test_world_sample_writes_meshes_and_sheet(tmp_path):
+    import trimesh
+    from PIL import Image
+
+    out = tmp_path / "sample"
+    result = runner.invoke(app, ["world", "sample", "--n", "3", "--seed", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    meshes = sorted((out / "meshes").glob("*.glb"))
+    assert len(meshes) == 3
+    mesh = trimesh.load(meshes[0], force="mesh")
+    assert len(mesh.faces) > 0
+    sheet = Image.open(out / "sheet.png")
+    assert sheet.width > 100 and sheet.height > 100
+    assert len((out / "prompts.csv").read_text().splitlines()) == 4
+
+
+def test_world_sample_bad_category(tmp_path):
+    result = runner.invoke(app, ["world", "sample", "--category", "nonsense", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "unknown category 'nonsense'" in result.output
+
+
+def test_world_corpus_config_errors_are_one_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("n: many\n")
+    result = runner.invoke(app, ["world", "corpus", "--config", str(cfg), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 1
+    assert "key 'n': expected int" in result.output
+
+
+def test_world_corpus_small(tmp_path):
+    from datasets import load_from_disk
+
+    out = tmp_path / "corpus"
+    result = runner.invoke(
+        app, ["world", "corpus", "--out", str(out), "n=12", "calibration_rounds=0", "seed=2"]
+    )
+    assert result.exit_code == 0, result.output
+    ds = load_from_disk(str(out))
+    assert len(ds) == 12 and {"prompt", "category", "occupancy", "colors"} <= set(ds.column_names)
