@@ -12,6 +12,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
+
+
+class _DefaultRunGroup(TyperGroup):
+    """A group whose bare invocation runs its hidden ``run`` command.
+
+    So ``debias3d augment --audit A key=value`` runs the job, while ``debias3d augment status A``
+    reaches the ``status`` subcommand (a positional ``overrides`` list on the group itself would
+    swallow the subcommand name).
+    """
+
+    def parse_args(self, ctx, args):  # noqa: ANN001, ANN201
+        if not args or args[0] not in self.commands:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
 
 app = typer.Typer(
     name="debias3d",
@@ -70,15 +86,6 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     """Print one clear line on stderr and return an Exit to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
-
-
-def _not_yet(command: str, issue: str) -> None:
-    typer.echo(
-        f"debias3d {command}: not implemented yet ({issue}). "
-        "See README.md, section 'Status', for what runs today.",
-        err=True,
-    )
-    raise typer.Exit(2)
 
 
 def _load(cls: type, config: Path | None, overrides: list[str] | None):  # noqa: ANN202
@@ -163,9 +170,19 @@ def world_fidelity(
 
 
 @world_app.command("train-evaluator")
-def world_train_evaluator() -> None:
-    """Train the HyperScore-style evaluator on ShapeWorld ratings (issue 4)."""
-    _not_yet("world train-evaluator", "issue 4: quality evaluator")
+def world_train_evaluator(
+    out: OutOpt = Path("runs/evaluator"),
+    config: ConfigOpt = None,
+    overrides: OverridesOpt = None,
+) -> None:
+    """Train the HyperScore-style evaluator on ShapeWorld ratings (5 folds split by prompt, SRCC/PLCC)."""
+    from debias3d.config import ConfigError
+    from debias3d.models.evaluator.train import train_evaluator_command
+
+    try:
+        train_evaluator_command(config, overrides or [], out)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------ generate
@@ -209,40 +226,232 @@ def generate(
 
 
 # --------------------------------------------------------------------------------- the loop
-@app.command("audit", context_settings={"allow_extra_args": True})
-def audit() -> None:
-    """Localize and quantize word-level bias on a prompt set (issue 5)."""
-    _not_yet("audit", "issue 5: bias audit")
+@app.command("audit")
+def audit(
+    prompts: Annotated[
+        Path,
+        typer.Option(
+            "--prompts", "-p", help="Prompt file (txt/csv/tsv/json/jsonl) or T3Bench/MATE-3D folder."
+        ),
+    ],
+    config: ConfigOpt = None,
+    out: OutOpt = Path("audit"),
+    resume: Annotated[bool, typer.Option(help="Skip prompts already done in --out.")] = False,
+    view_contradictions: Annotated[
+        bool, typer.Option(help="Also run the D-SDS view-prompt contradiction (PMI) audit.")
+    ] = False,
+    overrides: OverridesOpt = None,
+) -> None:
+    """Localize and quantize word-level bias: generate D samples per prompt, score, attribute to words.
+
+    Writes summary.json, prompts.parquet (q_l, w_h, w_l), words.parquet, samples.parquet, meshes/,
+    heatmaps/ and report.html. For several processes: `accelerate launch -m debias3d.bias_audit ...`.
+    """
+    from debias3d.bias_audit.cli import audit_command
+    from debias3d.config import ConfigError
+    from debias3d.data.prompts import PromptFileError
+
+    try:
+        summary = audit_command(
+            prompts,
+            config=config,
+            overrides=overrides or [],
+            out=out,
+            resume=resume,
+            view_contradictions=view_contradictions,
+        )
+    except (ConfigError, PromptFileError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    n = summary.get("n_prompts", "?") if isinstance(summary, dict) else "?"
+    typer.echo(f"audit: {n} prompts -> {out / 'report.html'}")
 
 
-@app.command("augment", context_settings={"allow_extra_args": True})
-def augment() -> None:
-    """Build new text-3D pairs with an LLM, an external generator and a ranker (issue 6)."""
-    _not_yet("augment", "issue 6: augmentation jobs")
+augment_app = typer.Typer(
+    help=(
+        "Build new text-3D pairs: an LLM writes contexts that keep w_h/w_l, a filter rejects bad "
+        "prompts, an external generator makes meshes, a ranker keeps winners (Algorithm 1). "
+        "Resumable: re-running skips finished items."
+    ),
+    cls=_DefaultRunGroup,
+    no_args_is_help=False,
+)
+app.add_typer(augment_app, name="augment")
 
 
-@app.command("finetune", context_settings={"allow_extra_args": True})
-def finetune() -> None:
-    """LoRA fine-tuning through accelerate (issue 7)."""
-    _not_yet("finetune", "issue 7: LoRA fine-tuning")
+@augment_app.command("run", hidden=True)
+def augment(
+    audit: Annotated[Path | None, typer.Option(help="Audit folder (prompts.parquet with w_h/w_l).")] = None,
+    config: ConfigOpt = None,
+    out: OutOpt = Path("aug"),
+    retry_failed: Annotated[bool, typer.Option(help="Re-run items recorded as failed.")] = False,
+    overrides: OverridesOpt = None,
+) -> None:
+    """Run (or resume) an augmentation job: `debias3d augment --audit audit/ --config ... --out aug/`.
+
+    Also: `debias3d augment status aug/` prints a job's progress.
+    """
+    if audit is None:
+        raise _fail("--audit is required (the folder written by `debias3d audit`)")
+    from debias3d.augment.pipeline import augment_command
+    from debias3d.config import ConfigError
+
+    try:
+        summary = augment_command(audit, config, overrides or [], out, retry_failed=retry_failed)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    rows = summary.get("pairs", {}).get("rows", "?")
+    typer.echo(f"augment: {rows} pairs in {out / 'pairs'} (report: {out / 'report.html'})")
 
 
-@app.command("eval", context_settings={"allow_extra_args": True})
-def evaluate() -> None:
-    """Before/after evaluation: MATE-3D-style and T3Bench-style tables, fidelity, diversity (issue 8)."""
-    _not_yet("eval", "issue 8: evaluation")
+@augment_app.command("status")
+def augment_status(out: Annotated[Path, typer.Argument(help="Augmentation output folder.")]) -> None:
+    """Print the progress of an augmentation job."""
+    from debias3d.augment.pipeline import status_command
+
+    try:
+        typer.echo(status_command(out))
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
 
 
-@app.command("demo", context_settings={"allow_extra_args": True})
-def demo() -> None:
-    """Run audit -> augment -> finetune -> eval on the embedded ShapeWorld default (issue 8)."""
-    _not_yet("demo", "issue 8: the whole loop")
+finetune_app = typer.Typer(
+    help=(
+        "LoRA fine-tuning of the generator's flow transformers on augmented pairs (peft + accelerate). "
+        "In-process for one process; with --accelerate-config it re-launches through `accelerate launch`."
+    ),
+    cls=_DefaultRunGroup,
+    no_args_is_help=False,
+)
+app.add_typer(finetune_app, name="finetune")
 
 
-@report_app.command("heatmap", context_settings={"allow_extra_args": True})
-def report_heatmap() -> None:
-    """Re-export word heatmaps from an audit folder (issue 5)."""
-    _not_yet("report heatmap", "issue 5: bias audit")
+@finetune_app.command("run", hidden=True)
+def finetune(
+    config: ConfigOpt = None,
+    out: OutOpt = Path("runs/finetune"),
+    accelerate_config: Annotated[
+        Path | None, typer.Option(help="An accelerate config (configs/accelerate/*.yaml) to launch with.")
+    ] = None,
+    resume_from: Annotated[str | None, typer.Option(help="'latest' or a checkpoint-N folder.")] = None,
+    overrides: OverridesOpt = None,
+) -> None:
+    """Fine-tune: `debias3d finetune --config configs/shapeworld/finetune.yaml --out ft/ data.pairs=aug/pairs`.
+
+    Also: `debias3d finetune merge --adapter ft/ --out merged/` writes merged safetensors.
+    """
+    from debias3d.config import ConfigError
+    from debias3d.finetune import finetune_command
+    from debias3d.finetune.data import DataError
+
+    try:
+        path = finetune_command(
+            config, overrides or [], out, accelerate_config=accelerate_config, resume_from=resume_from
+        )
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"adapter written to {path}")
+
+
+@finetune_app.command("merge")
+def finetune_merge(
+    adapter: Annotated[Path, typer.Option(help="Adapter folder written by `debias3d finetune`.")],
+    out: OutOpt = Path("merged"),
+    base: Annotated[str | None, typer.Option(help="Base weights (default: recorded in the adapter).")] = None,
+) -> None:
+    """Fold a LoRA adapter into its base generator and write merged safetensors."""
+    from debias3d.finetune import merge_command
+
+    try:
+        path = merge_command(adapter, out, base=base)
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"merged weights written to {path}")
+
+
+eval_app = typer.Typer(
+    help="Before/after evaluation: MATE-3D-style and T3Bench-style tables, fidelity, diversity.",
+    cls=_DefaultRunGroup,
+    no_args_is_help=False,
+)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("run", hidden=True)
+def evaluate(
+    config: ConfigOpt = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="A LoRA adapter folder (the fine-tuned model).")
+    ] = None,
+    out: OutOpt = Path("eval"),
+    overrides: OverridesOpt = None,
+) -> None:
+    """Evaluate base vs fine-tuned: `debias3d eval --config configs/shapeworld/eval.yaml --adapter ft/ --out eval/`.
+
+    Writes summary.json, tables/*.csv and report.html. Also: `debias3d eval compare A/ B/`.
+    """
+    from debias3d.config import ConfigError
+    from debias3d.eval.pipeline import eval_command
+
+    try:
+        eval_command(config, overrides or [], adapter, out)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"eval: {out / 'summary.json'}, {out / 'report.html'}")
+
+
+@eval_app.command("compare")
+def eval_compare(
+    a: Annotated[Path, typer.Argument(help="First eval (or demo) folder.")],
+    b: Annotated[Path, typer.Argument(help="Second eval (or demo) folder.")],
+    out: Annotated[Path | None, typer.Option(help="Also write compare.png and CSVs here.")] = None,
+) -> None:
+    """Print (and plot) the difference B - A between two eval runs."""
+    from debias3d.eval.compare import compare_command
+
+    try:
+        compare_command(a, b, out=out)
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+
+
+@app.command("demo")
+def demo(
+    out: OutOpt = Path("demo"),
+    quick: Annotated[bool, typer.Option(help="A smaller run for a first look (about 3 minutes).")] = False,
+    ablations: Annotated[
+        bool,
+        typer.Option(help="Also run the strategies only_wh, only_wl, random_words with the same budget."),
+    ] = False,
+    config: ConfigOpt = None,
+    overrides: OverridesOpt = None,
+) -> None:
+    """Run audit -> augment -> finetune -> eval on the embedded ShapeWorld default; writes OUT/report.html."""
+    from debias3d.config import ConfigError
+    from debias3d.demo import demo_command
+
+    try:
+        demo_command(out, quick=quick, ablations=ablations, config=config, overrides=overrides or [])
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"demo: open {out / 'report.html'}")
+
+
+@report_app.command("heatmap")
+def report_heatmap(
+    audit: Annotated[Path, typer.Option("--audit", help="An audit output folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="png, svg, html or json.")] = "png",
+    out: Annotated[Path | None, typer.Option(help="Where to write (default: AUDIT/heatmaps).")] = None,
+) -> None:
+    """Re-export word heatmaps from a finished audit without re-running it."""
+    from debias3d.bias_audit.cli import heatmap_command
+
+    if fmt not in ("png", "svg", "html", "json"):
+        raise _fail(f"--format must be png, svg, html or json, got {fmt!r}")
+    try:
+        paths = heatmap_command(audit, fmt=fmt, out=out)
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"wrote {len(paths)} {fmt} file(s)")
 
 
 def main() -> None:

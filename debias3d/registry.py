@@ -77,5 +77,13 @@ for _kind, _name, _target in [
     ("text_encoder", "minilm", "debias3d.models.text_encoder:MiniLMTextEncoder"),
     ("text_encoder", "clip", "debias3d.models.text_encoder:CLIPTextEncoder"),
     ("external_generator", "shapeworld", "debias3d.data.shapeworld.builder:ShapeWorldExternalGenerator"),
+    ("evaluator", "shapeworld-hyperscore", "debias3d.models.evaluator.model:ShapeWorldHyperScore"),
+    ("evaluator", "hyperscore-clip", "debias3d.models.evaluator.clip:CLIPHyperScore"),
+    ("ranker", "shapeworld", "debias3d.models.ranker.model:ShapeWorldRanker"),
+    ("ranker", "hpsv2", "debias3d.models.ranker.hpsv2:HPSv2Ranker"),
+    ("llm", "template", "debias3d.models.llm.template:TemplateContextWriter"),
+    ("llm", "openai", "debias3d.models.llm.openai_llm:OpenAIContextWriter"),
+    ("external_generator", "generator", "debias3d.augment.visual:GeneratorExternalGenerator"),
+    ("external_generator", "command", "debias3d.augment.visual:CommandExternalGenerator"),
 ]:
     register_lazy(_kind, _name, _target)

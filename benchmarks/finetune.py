@@ -1,0 +1,164 @@
+"""LoRA vs full fine-tuning of mini TRELLIS, in the same run (issue 7, "Performance").
+
+Reports the trainable share of parameters, the optimizer-state size, and the step time (forward +
+backward + AdamW step of both stages, the pre-training objective) and peak memory of LoRA versus
+full fine-tuning. Targets: LoRA step ≤ 0.8× full, optimizer state ≥ 10× smaller.
+
+    python benchmarks/finetune.py                      # CPU, shipped weights (random if absent)
+    python benchmarks/finetune.py --device cuda --bf16 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("benchmarks.finetune")
+
+
+def _generator(device: str):
+    from debias3d.models.backbone.generator import MiniTrellisConfig, MiniTrellisGenerator
+
+    try:
+        return MiniTrellisGenerator.from_pretrained(device=device), "shipped"
+    except FileNotFoundError:
+        return MiniTrellisGenerator(MiniTrellisConfig(), device=device), "random (no shipped weights)"
+
+
+def _rows(n: int, r: int, seed: int = 0):
+    from debias3d.finetune.data import TrainingSet
+
+    rng = np.random.default_rng(seed)
+    occ = np.zeros((n, r, r, r), np.uint8)
+    col = np.zeros((n, r, r, r, 3), np.uint8)
+    for i in range(n):
+        lo = rng.integers(0, r // 2, 3)
+        hi = lo + rng.integers(3, r // 2 + 1, 3)
+        occ[i, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = 1
+        col[i][occ[i].astype(bool)] = rng.integers(0, 256, 3, dtype=np.uint8)
+    prompts = [f"a red vase number {i}" for i in range(n)]
+    return TrainingSet(prompts, occ, col, ["pair"] * n)
+
+
+def _opt_state_bytes(opt: torch.optim.Optimizer) -> int:
+    return sum(
+        v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)
+    )
+
+
+def _run(mode: str, args, device: str) -> dict:
+    from debias3d.finetune.config import FinetuneConfig, LoraSettings, TrainSettings
+    from debias3d.finetune.lora import add_lora, flow_container
+    from debias3d.finetune.trainer import FlowMatchingObjective, _mini_stage_loss, step_seed
+
+    gen, weights = _generator(device)
+    rows = _rows(args.rows, gen.stage1.resolution)
+    cfg = FinetuneConfig(lora=LoraSettings(rank=args.rank), train=TrainSettings(full_finetune=mode == "full"))
+    loss_fn = _mini_stage_loss(rows, gen, cfg)
+    if mode == "full":
+        model = flow_container(gen)
+        model.requires_grad_(True)
+    else:
+        model = add_lora(gen, cfg.lora)
+    obj = FlowMatchingObjective(model, loss_fn, {"stage1": 1.0, "stage2": 1.0}).to(device).train()
+    params = [p for p in obj.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    n_train = sum(p.numel() for p in params)
+    n_total = sum(p.numel() for p in obj.parameters())
+    amp = (
+        torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if args.bf16 else nullcontext()
+    )
+    g = torch.Generator().manual_seed(0)
+    times = []
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(args.warmup + args.steps):
+        batch = torch.randint(len(rows), (args.batch_size,), generator=g)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with amp:
+            loss = obj(batch, step_seed(0, step, 0, 0))["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    out = {
+        "mode": mode,
+        "weights": weights,
+        "trainable_params": n_train,
+        "total_params": n_total,
+        "trainable_share": n_train / n_total,
+        "optimizer_state_bytes": _opt_state_bytes(opt),
+        "grad_bytes": sum(p.numel() * p.element_size() for p in params),
+        "step_s_median": float(np.median(times)),
+        "steps_per_s": float(1.0 / np.median(times)),
+    }
+    if device.startswith("cuda"):
+        out["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--rows", type=int, default=64, help="synthetic training rows")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    res = {}
+    for mode in ("lora", "full"):
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        res[mode] = _run(mode, args, args.device)
+        res[mode]["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        res[mode]["peak_rss_growth_kb"] = res[mode]["peak_rss_kb"] - rss0
+    lo, fu = res["lora"], res["full"]
+    summary = {
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "bf16": args.bf16,
+        "batch_size": args.batch_size,
+        "lora_trainable_share": lo["trainable_share"],
+        "step_time_ratio_lora_over_full": lo["step_s_median"] / fu["step_s_median"],
+        "optimizer_state_ratio_full_over_lora": fu["optimizer_state_bytes"]
+        / max(lo["optimizer_state_bytes"], 1),
+        "target_step_ratio_ok": lo["step_s_median"] <= 0.8 * fu["step_s_median"],
+        "target_optimizer_ratio_ok": fu["optimizer_state_bytes"] >= 10 * lo["optimizer_state_bytes"],
+        "lora": lo,
+        "full": fu,
+    }
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        sys.stdout.write(
+            f"trainable share (LoRA r={args.rank}): {lo['trainable_share']:.2%}\n"
+            f"step time: LoRA {lo['step_s_median'] * 1e3:.1f} ms, full {fu['step_s_median'] * 1e3:.1f} ms "
+            f"(ratio {summary['step_time_ratio_lora_over_full']:.2f}, target <= 0.8)\n"
+            f"optimizer state: LoRA {lo['optimizer_state_bytes'] / 1e6:.2f} MB, full "
+            f"{fu['optimizer_state_bytes'] / 1e6:.2f} MB (x{summary['optimizer_state_ratio_full_over_lora']:.1f}, "
+            "target >= 10)\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

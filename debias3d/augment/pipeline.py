@@ -1,0 +1,847 @@
+"""``run_augment``: semantic augmentation -> filter -> visual augmentation (Algorithm 1) -> dataset.
+
+Reads an audit folder and writes::
+
+    OUT/pairs/          HF dataset (save_to_disk), one row per new text-3D pair
+    OUT/meshes/*.glb    generated meshes x_nc (the dataset's ``mesh`` column, relative to OUT)
+    OUT/job/            records-<shard>.jsonl (resumable; voxels packed inside), plan.json, config.yaml
+    OUT/rejected.jsonl  every rejected prompt / failed item with its stage, reason and detail
+    OUT/summary.json    counts, acceptance rate, diversity, wins, LLM tokens and cost
+    OUT/report.html     accepted and rejected examples with thumbnails
+
+Work is split into items (:mod:`debias3d.augment.job`): one ``semantic`` item per source prompt
+(context writer + filter), one ``original`` item per source (ranker score of x_n under t_n) and one
+``visual`` item per accepted new prompt (external generator + ranker score of x_nc under t_n).
+Under ``accelerate launch`` each stage's items are split between processes
+(``PartialState.split_between_processes``); each process appends to its own record shard, and the
+main process merges the shards and writes the outputs.
+
+Dataset columns: prompt, source_prompt, source_prompt_id, w_h, w_l, strategy, pair_type
+(``new_prompt`` | ``source_prompt``), mesh, occupancy (uint8, R^3 flattened, x-major ``[x, y, z]``),
+colors (uint8, R^3 x 3 flattened), resolution, seed, ranker_score_new, ranker_score_orig, winner,
+provenance (JSON string).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from debias3d.augment.config import AugmentConfig
+from debias3d.augment.job import PLAN_NAME, JobStore, atomic_write_text, item_key, read_records
+from debias3d.augment.job import status as job_status
+from debias3d.augment.semantic import is_missing, select_keep_words, stable_seed
+from debias3d.augment.text import tokens
+
+__all__ = [
+    "Source",
+    "Components",
+    "load_sources",
+    "run_augment",
+    "augment_status",
+    "augment_command",
+    "status_command",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """One audited prompt t_n with its chosen original sample x_n."""
+
+    prompt_id: str
+    prompt: str
+    category: str
+    w_h: str | None
+    w_l: str | None
+    keep_words: tuple[str, ...]
+    mesh: str  # path relative to the audit folder
+    sample: int
+    seed: int
+    mesh_sha: str
+
+
+def _file_sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+
+
+def _clean(word: Any) -> str | None:
+    return None if is_missing(word) else str(word).strip().lower()
+
+
+def load_sources(audit_dir: str | Path, cfg: AugmentConfig) -> list[Source]:
+    """The source prompts of an audit with their x_n (``cfg.original``: ``first`` or ``best``).
+
+    Raises:
+        FileNotFoundError: a missing ``prompts.parquet`` / ``samples.parquet``.
+        ValueError: missing columns.
+    """
+    import pandas as pd
+
+    audit = Path(audit_dir)
+    for name in ("prompts.parquet", "samples.parquet"):
+        if not (audit / name).is_file():
+            raise FileNotFoundError(f"{audit / name} not found: is {audit} an audit output folder?")
+    prompts = pd.read_parquet(audit / "prompts.parquet")
+    samples = pd.read_parquet(audit / "samples.parquet")
+    need_p = {"prompt_id", "prompt", "w_h", "w_l"}
+    need_s = {"prompt_id", "sample", "seed", "mesh"}
+    if need_p - set(prompts.columns):
+        raise ValueError(f"prompts.parquet lacks columns {sorted(need_p - set(prompts.columns))}")
+    if need_s - set(samples.columns):
+        raise ValueError(f"samples.parquet lacks columns {sorted(need_s - set(samples.columns))}")
+    score_col = f"score_{cfg.original_score}"
+    if cfg.original == "best" and score_col not in samples.columns:
+        raise ValueError(f"original=best needs column {score_col!r} in samples.parquet")
+    samples = samples.assign(_pid=samples["prompt_id"].astype(str))
+    by_prompt = {pid: g.sort_values("sample") for pid, g in samples.groupby("_pid", sort=False)}
+    if cfg.max_prompts:
+        prompts = prompts.iloc[: cfg.max_prompts]
+    out = []
+    for row in prompts.itertuples(index=False):
+        pid = str(row.prompt_id)
+        g = by_prompt.get(pid)
+        if g is None or g.empty:
+            logger.warning("augment: prompt %s has no audit sample; skipped", pid)
+            continue
+        if cfg.original == "best":
+            pick = g.iloc[int(np.argmax(g[score_col].to_numpy()))]  # first maximum = lowest sample
+        else:
+            pick = g.iloc[0]
+        w_h, w_l = _clean(row.w_h), _clean(row.w_l)
+        keep = select_keep_words(row.prompt, w_h, w_l, cfg.strategy, cfg.seed, k=cfg.random_words, key=pid)
+        mesh_path = audit / str(pick["mesh"])
+        if not mesh_path.is_file():
+            logger.warning("augment: mesh %s of prompt %s is missing; skipped", mesh_path, pid)
+            continue
+        out.append(
+            Source(
+                prompt_id=pid,
+                prompt=str(row.prompt),
+                category=str(getattr(row, "category", "") or ""),
+                w_h=w_h,
+                w_l=w_l,
+                keep_words=keep,
+                mesh=str(pick["mesh"]),
+                sample=int(pick["sample"]),
+                seed=int(pick["seed"]),
+                mesh_sha=_file_sha(mesh_path),
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Components (lazily built; tests inject stand-ins)
+# ------------------------------------------------------------------------------------------------
+class Components:
+    """The backends of one run, built from the config on first use.
+
+    Args:
+        cfg: the run's config.
+        writer / prompt_filter / generator / judge: stand-ins that replace the configured backends.
+    """
+
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        writer: Any = None,
+        prompt_filter: Any = None,
+        generator: Any = None,
+        judge: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self._writer, self._filter, self._generator, self._judge = writer, prompt_filter, generator, judge
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None:
+            from debias3d.registry import find
+
+            cls = find("llm", self.cfg.llm.backend)
+            self._writer = cls.from_config(self.cfg.llm) if hasattr(cls, "from_config") else cls()
+        return self._writer
+
+    @property
+    def filter(self) -> Any:
+        if self._filter is None:
+            from debias3d.augment.filters import PromptFilter
+
+            self._filter = PromptFilter(self.cfg.filter, self.cfg.world)
+        return self._filter
+
+    @property
+    def generator(self) -> Any:
+        if self._generator is None:
+            from debias3d.augment.visual import build_external_generator
+
+            self._generator = build_external_generator(self.cfg.visual)
+        return self._generator
+
+    @property
+    def judge(self) -> Any:
+        if self._judge is None:
+            from debias3d.augment.visual import build_judge
+
+            self._judge = build_judge(self.cfg.visual)
+        return self._judge
+
+    def writer_settings(self) -> dict[str, Any]:
+        w = self.writer
+        return w.describe() if hasattr(w, "describe") else {"backend": getattr(w, "name", type(w).__name__)}
+
+
+class _SingleProcess:
+    """The subset of ``accelerate.PartialState`` the runner uses, for plain single-process runs."""
+
+    process_index = 0
+    num_processes = 1
+    is_main_process = True
+
+    @contextmanager
+    def split_between_processes(self, items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+        yield items
+
+    def wait_for_everyone(self) -> None:
+        return None
+
+
+def _progress(items: Sequence[Any], desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Items
+# ------------------------------------------------------------------------------------------------
+def _semantic_key(src: Source, cfg: AugmentConfig, comps: Components) -> str:
+    from debias3d.config import to_dict
+
+    return item_key(
+        "semantic",
+        {
+            "prompt_id": src.prompt_id,
+            "prompt": src.prompt,
+            "keep": list(src.keep_words),
+            "w_h": src.w_h,
+            "w_l": src.w_l,
+            "n": cfg.contexts,
+            "seed": cfg.seed,
+            "world": cfg.world,
+            "llm": comps.writer_settings(),
+            "filter": to_dict(cfg.filter),
+        },
+    )
+
+
+def _original_key(src: Source, cfg: AugmentConfig) -> str:
+    from debias3d.augment.visual import judge_settings
+
+    return item_key(
+        "original", {"mesh_sha": src.mesh_sha, "prompt": src.prompt, **judge_settings(cfg.visual)}
+    )
+
+
+def _visual_key(src: Source, new_prompt: str, seed: int, cfg: AugmentConfig) -> str:
+    from debias3d.augment.visual import generator_settings, judge_settings
+
+    return item_key(
+        "visual",
+        {
+            "new_prompt": new_prompt,
+            "source_prompt": src.prompt,
+            "orig_mesh_sha": src.mesh_sha,
+            "seed": seed,
+            "gen": generator_settings(cfg.visual),
+            **judge_settings(cfg.visual),
+        },
+    )
+
+
+def _run_semantic(
+    srcs: Sequence[tuple[Source, str]], cfg: AugmentConfig, comps: Components, store: JobStore, show: bool
+) -> None:
+    """Context writer + filter for every pending source (requests overlap in the writer)."""
+    from debias3d.models.llm.base import ContextRequest, LLMResult
+
+    pending = [(s, k) for s, k in srcs if not store.done(k)]
+    if not pending:
+        return
+    requests = []
+    for s, _k in pending:
+        requests.append(
+            ContextRequest(
+                s.prompt, s.keep_words, cfg.contexts, stable_seed(cfg.seed, "semantic", s.prompt_id, s.prompt)
+            )
+        )
+    bar = _progress(range(len(pending)), "contexts", show)
+    no_words = [i for i, s in enumerate(pending) if not s[0].keep_words]
+    for i in no_words:
+        s, k = pending[i]
+        store.append(
+            k,
+            "semantic",
+            "failed",
+            _semantic_result(s, LLMResult(error="no word to keep (w_h / w_l missing)"), None),
+        )
+        bar.update(1)
+    live = [i for i in range(len(pending)) if i not in set(no_words)]
+    for j, res in comps.writer.iter_write([requests[i] for i in live]):
+        s, k = pending[live[j]]
+        filtered = None
+        if res.ok:
+            filtered = comps.filter.filter(s.prompt, res.prompts, s.keep_words, s.w_h, s.w_l)
+        store.append(k, "semantic", "done" if res.ok else "failed", _semantic_result(s, res, filtered))
+        bar.update(1)
+    bar.close()
+
+
+def _semantic_result(src: Source, res: Any, filtered: Any) -> dict[str, Any]:
+    return {
+        "prompt_id": src.prompt_id,
+        "candidates": list(res.prompts),
+        "accepted": list(filtered.accepted) if filtered is not None else [],
+        "rejected": [r.to_dict() for r in filtered.rejected] if filtered is not None else [],
+        "diversity": filtered.diversity if filtered is not None else None,
+        "llm_error": res.error,
+        "usage": {
+            "prompt_tokens": res.prompt_tokens,
+            "completion_tokens": res.completion_tokens,
+            "attempts": res.attempts,
+            "cost": res.cost,
+        },
+    }
+
+
+def encode_voxels(grid: Any) -> dict[str, Any]:
+    """Compact JSON form of a voxel grid for a job record: packed occupancy bits + occupied RGB."""
+    a = grid.to_arrays()
+    occ = a["occupancy"].astype(bool)
+    return {
+        "resolution": int(occ.shape[0]),
+        "occupancy": base64.b64encode(np.packbits(occ.reshape(-1))).decode("ascii"),
+        "colors": base64.b64encode(a["colors"][occ].tobytes()).decode("ascii"),
+    }
+
+
+def decode_voxels(d: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`encode_voxels`: ``occupancy`` (R, R, R) uint8, ``colors`` (R, R, R, 3) uint8."""
+    r = int(d["resolution"])
+    bits = np.frombuffer(base64.b64decode(d["occupancy"]), np.uint8)
+    occ = np.unpackbits(bits)[: r**3].astype(bool).reshape(r, r, r)
+    colors = np.zeros((r, r, r, 3), np.uint8)
+    colors[occ] = np.frombuffer(base64.b64decode(d["colors"]), np.uint8).reshape(-1, 3)
+    return {"occupancy": occ.astype(np.uint8), "colors": colors}
+
+
+def _visual_record_intact(rec: dict[str, Any] | None, out: Path) -> bool:
+    """A finished visual record whose mesh file is on disk with the recorded size."""
+    if rec is None or rec.get("status") != "done":
+        return rec is not None
+    path = out / rec["result"]["mesh"]
+    return path.is_file() and path.stat().st_size == rec["result"].get("mesh_bytes", -1)
+
+
+def _load_mesh(path: Path) -> Any:
+    import trimesh
+
+    return trimesh.load(path, force="mesh")
+
+
+def _run_original(src: Source, key: str, audit: Path, comps: Components, store: JobStore) -> dict[str, Any]:
+    def fn() -> tuple[str, dict[str, Any]]:
+        try:
+            score = comps.judge.score(_load_mesh(audit / src.mesh), src.prompt)
+        except (ValueError, OSError, RuntimeError) as err:
+            return "failed", {
+                "prompt_id": src.prompt_id,
+                "error": f"cannot score x_n: {' '.join(str(err).split())[:200]}",
+            }
+        return "done", {"prompt_id": src.prompt_id, "score": score}
+
+    return store.run(key, "original", fn)
+
+
+def _run_visual(
+    item: dict[str, Any],
+    src: Source,
+    audit: Path,
+    out: Path,
+    cfg: AugmentConfig,
+    comps: Components,
+    store: JobStore,
+) -> None:
+    from debias3d.augment.visual import ExternalGenerationError
+
+    key = item["key"]
+    if store.done(key) and _visual_record_intact(store.get(key), out):
+        return
+    orig = _run_original(src, item["orig_key"], audit, comps, store)
+    base = {"prompt_id": src.prompt_id, "new_prompt": item["new_prompt"], "seed": item["seed"]}
+    if orig["status"] != "done":
+        store.append(key, "visual", "failed", {**base, "error": orig["result"]["error"]})
+        return
+    try:
+        gen = comps.generator
+        if hasattr(gen, "generate_one"):
+            asset = gen.generate_one(item["new_prompt"], item["seed"])
+        else:
+            asset = gen.generate([item["new_prompt"]], [item["seed"]])[0]
+    except (ExternalGenerationError, ValueError, RuntimeError, OSError) as err:
+        msg = " ".join(str(err).split())[:200]
+        store.append(key, "visual", "failed", {**base, "error": f"generation failed: {msg}"})
+        return
+    voxels = asset.voxels
+    if voxels is None or voxels.resolution != cfg.visual.resolution:
+        from debias3d.data.shapeworld.voxelize import mesh_to_voxels
+
+        voxels = mesh_to_voxels(asset.mesh, cfg.visual.resolution)
+    mesh_rel = f"meshes/{key}.glb"
+    glb = asset.mesh.export(file_type="glb")
+    store.write_file(out / mesh_rel, glb)
+    base = {**base, "mesh": mesh_rel, "mesh_bytes": len(glb), "voxels": encode_voxels(voxels)}
+    try:
+        score_new = comps.judge.score(asset.mesh, src.prompt)
+    except (ValueError, RuntimeError) as err:
+        store.append(key, "visual", "failed", {**base, "error": f"ranker failed: {str(err)[:200]}"})
+        return
+    store.append(
+        key,
+        "visual",
+        "done",
+        {
+            **base,
+            "score_new": float(score_new),
+            "score_orig": float(orig["result"]["score"]),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Plan and merge
+# ------------------------------------------------------------------------------------------------
+def _norm(text: str) -> str:
+    return " ".join(tokens(text))
+
+
+def _visual_plan(
+    sources: Sequence[tuple[Source, str]], records: dict[str, dict[str, Any]], cfg: AugmentConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Visual items in source order, and the cross-source exact duplicates rejected on the way."""
+    items, dups = [], []
+    first_seen: dict[str, str] = {}
+    for src, skey in sources:
+        rec = records.get(skey)
+        if rec is None or rec.get("status") != "done":
+            continue
+        okey = _original_key(src, cfg)
+        for j, prompt in enumerate(rec["result"]["accepted"]):
+            n = _norm(prompt)
+            if cfg.filter.dedupe_across_sources and n in first_seen and first_seen[n] != src.prompt_id:
+                dups.append(
+                    {
+                        "stage": "filter",
+                        "source_prompt_id": src.prompt_id,
+                        "source_prompt": src.prompt,
+                        "prompt": prompt,
+                        "reason": "duplicate_exact",
+                        "detail": f"already accepted for source prompt {first_seen[n]}",
+                    }
+                )
+                continue
+            first_seen.setdefault(n, src.prompt_id)
+            seed = stable_seed(cfg.seed, "visual", src.prompt_id, prompt) + cfg.visual.seed_offset
+            items.append(
+                {
+                    "key": _visual_key(src, prompt, seed, cfg),
+                    "orig_key": okey,
+                    "prompt_id": src.prompt_id,
+                    "new_prompt": prompt,
+                    "context_index": j,
+                    "seed": seed,
+                }
+            )
+    return items, dups
+
+
+def _features(resolution: int) -> Any:
+    from datasets import Features, Sequence, Value
+
+    return Features(
+        {
+            "prompt": Value("string"),
+            "source_prompt": Value("string"),
+            "source_prompt_id": Value("string"),
+            "w_h": Value("string"),
+            "w_l": Value("string"),
+            "strategy": Value("string"),
+            "pair_type": Value("string"),
+            "mesh": Value("string"),
+            "occupancy": Sequence(Value("uint8"), length=resolution**3),
+            "colors": Sequence(Value("uint8"), length=resolution**3 * 3),
+            "resolution": Value("int32"),
+            "seed": Value("int64"),
+            "ranker_score_new": Value("float64"),
+            "ranker_score_orig": Value("float64"),
+            "winner": Value("bool"),
+            "provenance": Value("string"),
+        }
+    )
+
+
+def _merge(
+    sources: Sequence[tuple[Source, str]],
+    items: Sequence[dict[str, Any]],
+    dups: Sequence[dict[str, Any]],
+    out: Path,
+    cfg: AugmentConfig,
+    comps_settings: dict[str, Any],
+    run_id: str,
+    timing: dict[str, float],
+    bookkeeping_s: float,
+) -> dict[str, Any]:
+    """Build the dataset, rejected.jsonl and summary.json from all records (main process)."""
+    import shutil
+
+    from datasets import Dataset
+
+    from debias3d.augment.visual import duel, generator_settings, judge_settings, make_pairs
+    from debias3d.config import to_dict
+
+    records, _torn = read_records(out / "job")
+    by_id = {s.prompt_id: s for s, _ in sources}
+    rejected: list[dict[str, Any]] = []
+    reasons: Counter[str] = Counter()
+    llm_errors: Counter[str] = Counter()
+    usage = Counter({"prompt_tokens": 0, "completion_tokens": 0, "attempts": 0})
+    cost = 0.0
+    n_candidates = n_accepted = 0
+    diversities: dict[str, float | None] = {}
+    for src, skey in sources:
+        rec = records.get(skey)
+        if rec is None:
+            continue
+        r = rec["result"]
+        for k in ("prompt_tokens", "completion_tokens", "attempts"):
+            usage[k] += int(r["usage"][k])
+        cost += float(r["usage"]["cost"])
+        if rec["status"] != "done":
+            llm_errors[r["llm_error"].split(":")[0]] += 1
+            rejected.append(
+                {"stage": "llm", "source_prompt_id": src.prompt_id, "source_prompt": src.prompt, "prompt": None,
+                 "reason": "llm_error", "detail": r["llm_error"]}
+            )  # fmt: skip
+            continue
+        n_candidates += len(r["candidates"])
+        n_accepted += len(r["accepted"])
+        diversities[src.prompt_id] = r["diversity"]
+        for rej in r["rejected"]:
+            reasons[rej["reason"]] += 1
+            rejected.append(
+                {"stage": "filter", "source_prompt_id": src.prompt_id, "source_prompt": src.prompt, **rej}
+            )
+    for d in dups:
+        reasons[d["reason"]] += 1
+        n_accepted -= 1
+        rejected.append(dict(d))
+
+    rows: list[dict[str, Any]] = []
+    wins = losses = failed = 0
+    for it in items:
+        rec = records.get(it["key"])
+        src = by_id[it["prompt_id"]]
+        if rec is None:
+            continue
+        r = rec["result"]
+        if rec["status"] != "done":
+            failed += 1
+            rejected.append(
+                {"stage": "visual", "source_prompt_id": src.prompt_id, "source_prompt": src.prompt,
+                 "prompt": it["new_prompt"], "reason": "generation_failed", "detail": r["error"]}
+            )  # fmt: skip
+            continue
+        d = duel(r["score_new"], r["score_orig"], cfg.visual.margin)
+        wins += d.winner
+        losses += not d.winner
+        if not d.winner:
+            rejected.append(
+                {"stage": "visual", "source_prompt_id": src.prompt_id, "source_prompt": src.prompt,
+                 "prompt": it["new_prompt"], "reason": "ranker_lost", "mesh": r["mesh"],
+                 "detail": f"score_new {d.score_new:.3f} <= score_orig {d.score_orig:.3f} + margin {cfg.visual.margin:g}"}
+            )  # fmt: skip
+        pairs = make_pairs(it["new_prompt"], src.prompt, d, cfg.visual)
+        if not pairs:
+            continue
+        vox = decode_voxels(r["voxels"])
+        occ = vox["occupancy"].reshape(-1).tolist()
+        col = vox["colors"].reshape(-1).tolist()
+        prov = json.dumps(
+            {
+                "item_key": it["key"],
+                "source_prompt_id": src.prompt_id,
+                "category": src.category,
+                "keep_words": list(src.keep_words),
+                "strategy": cfg.strategy,
+                "new_prompt": it["new_prompt"],
+                "context_index": it["context_index"],
+                "llm": comps_settings,
+                "external_generator": generator_settings(cfg.visual),
+                "external_seed": it["seed"],
+                "original": {
+                    "mesh": src.mesh,
+                    "sample": src.sample,
+                    "seed": src.seed,
+                    "selection": cfg.original,
+                },
+                **judge_settings(cfg.visual),
+                "margin": cfg.visual.margin,
+            },
+            sort_keys=True,
+        )
+        for p in pairs:
+            rows.append(
+                {
+                    "prompt": p["prompt"],
+                    "source_prompt": src.prompt,
+                    "source_prompt_id": src.prompt_id,
+                    "w_h": src.w_h,
+                    "w_l": src.w_l,
+                    "strategy": cfg.strategy,
+                    "pair_type": p["pair_type"],
+                    "mesh": r["mesh"],
+                    "occupancy": occ,
+                    "colors": col,
+                    "resolution": cfg.visual.resolution,
+                    "seed": it["seed"],
+                    "ranker_score_new": d.score_new,
+                    "ranker_score_orig": d.score_orig,
+                    "winner": d.winner,
+                    "provenance": prov,
+                }
+            )
+    if not cfg.progress:
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+    ds = Dataset.from_list(rows, features=_features(cfg.visual.resolution))
+    tmp = out / f".pairs.tmp-{run_id}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ds.save_to_disk(str(tmp))
+    if (out / "pairs").exists():
+        shutil.rmtree(out / "pairs")
+    tmp.rename(out / "pairs")
+    atomic_write_text(out / "rejected.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
+
+    divs = [v for v in diversities.values() if v is not None]
+    summary = {
+        "run_id": run_id,
+        "sources": len(sources),
+        "contexts_per_source": cfg.contexts,
+        "strategy": cfg.strategy,
+        "llm": {
+            "backend": cfg.llm.backend,
+            "items_failed": sum(llm_errors.values()),
+            "errors": dict(llm_errors),
+            "requests": int(usage["attempts"]),
+            "prompt_tokens": int(usage["prompt_tokens"]),
+            "completion_tokens": int(usage["completion_tokens"]),
+            "cost": round(cost, 6),
+        },
+        "filter": {
+            "candidates": n_candidates,
+            "accepted": n_accepted,
+            "rejected": int(sum(reasons.values())),
+            "acceptance_rate": (n_accepted / n_candidates) if n_candidates else 0.0,
+            "rejected_by_reason": dict(sorted(reasons.items())),
+            "diversity_mean": float(np.mean(divs)) if divs else None,
+            "diversity_per_source": diversities,
+        },
+        "visual": {
+            "backend": cfg.visual.backend,
+            "ranker": cfg.visual.ranker,
+            "items": len(items),
+            "failed": failed,
+            "wins": int(wins),
+            "losses": int(losses),
+            "win_rate": wins / (wins + losses) if wins + losses else 0.0,
+        },
+        "pairs": {
+            "rows": len(rows),
+            "new_prompt": sum(r["pair_type"] == "new_prompt" for r in rows),
+            "source_prompt": sum(r["pair_type"] == "source_prompt" for r in rows),
+        },
+        "timing": {
+            **{k: round(v, 3) for k, v in timing.items()},
+            "wall_s": round(sum(timing.values()), 3),
+            "bookkeeping_s": round(bookkeeping_s, 4),
+        },
+        "config": to_dict(cfg),
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=False))
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry points
+# ------------------------------------------------------------------------------------------------
+def run_augment(
+    audit_dir: str | Path,
+    cfg: AugmentConfig,
+    out_dir: str | Path,
+    *,
+    components: Components | None = None,
+    state: Any = None,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) the augmentation of ``audit_dir`` into ``out_dir``; returns the summary.
+
+    Args:
+        audit_dir: an audit output folder (``prompts.parquet``, ``samples.parquet``, ``meshes/``).
+        cfg: the run's :class:`AugmentConfig`.
+        out_dir: output folder; finished items already recorded there are skipped.
+        components: backends (default: built from ``cfg``); tests pass stand-ins.
+        state: an ``accelerate.PartialState`` (default: one process, no accelerate needed).
+        retry_failed: run items whose record says ``failed`` again.
+
+    Returns:
+        The summary dict (also ``out_dir/summary.json``) on the main process; on other processes a
+        dict with this process's item counts.
+    """
+    from debias3d.config import dump_config, to_dict
+
+    t0 = time.perf_counter()
+    if cfg.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
+    audit, out = Path(audit_dir), Path(out_dir)
+    state = state or _SingleProcess()
+    comps = components or Components(cfg)
+    show = cfg.progress and state.is_main_process
+    out.mkdir(parents=True, exist_ok=True)
+    store = JobStore(out / "job", shard=state.process_index, retry_failed=retry_failed)
+
+    sources = load_sources(audit, cfg)
+    sem = [(s, _semantic_key(s, cfg, comps)) for s in sources]
+    run_id = item_key(
+        "run", {"config": to_dict(cfg), "sources": [k for _, k in sem], "llm": comps.writer_settings()}
+    )
+    if state.is_main_process:
+        dump_config(cfg, out / "job" / "config.yaml")
+        plan = {
+            "run_id": run_id,
+            "stage": "semantic",
+            "sources": len(sem),
+            "semantic_keys": [k for _, k in sem],
+        }
+        atomic_write_text(out / "job" / PLAN_NAME, json.dumps(plan, indent=1))
+    logger.info(
+        "augment: %d source prompts, C=%d, strategy=%s, llm=%s",
+        len(sem),
+        cfg.contexts,
+        cfg.strategy,
+        cfg.llm.backend,
+    )
+
+    t_sem = time.perf_counter()
+    with state.split_between_processes(sem) as mine:
+        _run_semantic(list(mine), cfg, comps, store, show)
+    store.sync()
+    state.wait_for_everyone()
+    store.reload()
+    t_vis = time.perf_counter()
+
+    items, dups = _visual_plan(sem, store.records(), cfg)
+    if state.is_main_process:
+        okeys = sorted({it["orig_key"] for it in items})
+        plan.update(stage="visual", visual_keys=[it["key"] for it in items], original_keys=okeys)
+        atomic_write_text(out / "job" / PLAN_NAME, json.dumps(plan, indent=1))
+    by_id = {s.prompt_id: s for s, _ in sem}
+    with state.split_between_processes(items) as mine:
+        for it in _progress(list(mine), "meshes", show):
+            _run_visual(it, by_id[it["prompt_id"]], audit, out, cfg, comps, store)
+    store.sync()
+    state.wait_for_everyone()
+    t_merge = time.perf_counter()
+
+    summary: dict[str, Any] = {"process_index": state.process_index, "items": len(items)}
+    if state.is_main_process:
+        settings = comps.writer_settings()
+        timing = {"setup_s": t_sem - t0, "semantic_s": t_vis - t_sem, "visual_s": t_merge - t_vis}
+        summary = _merge(sem, items, dups, out, cfg, settings, run_id, timing, store.bookkeeping_s)
+        plan.update(stage="done")
+        atomic_write_text(out / "job" / PLAN_NAME, json.dumps(plan, indent=1))
+        if cfg.report:
+            from debias3d.augment.report import write_report
+
+            write_report(out, summary, cfg, audit_dir=audit)
+        logger.info(
+            "augment: %d pairs from %d accepted prompts (acceptance %.0f%%, wins %d/%d) -> %s",
+            summary["pairs"]["rows"],
+            summary["filter"]["accepted"],
+            100 * summary["filter"]["acceptance_rate"],
+            summary["visual"]["wins"],
+            summary["visual"]["wins"] + summary["visual"]["losses"],
+            out,
+        )
+    state.wait_for_everyone()
+    return summary
+
+
+def augment_status(out_dir: str | Path) -> dict[str, Any]:
+    """Progress of an augmentation folder (see :func:`debias3d.augment.job.status`)."""
+    return job_status(out_dir)
+
+
+def augment_command(
+    audit: str | Path,
+    config: str | Path | None,
+    overrides: Sequence[str] | None,
+    out: str | Path,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """CLI body of ``debias3d augment --audit A --config C --out O [key=value ...]``.
+
+    Raises:
+        debias3d.config.ConfigError: a bad config file or override (one line).
+    """
+    from debias3d.config import load_config
+
+    cfg = load_config(AugmentConfig, config, list(overrides or []))
+    return run_augment(audit, cfg, out, retry_failed=retry_failed)
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """Human-readable lines of :func:`augment_status`."""
+    lines = [
+        f"{st['out_dir']}: stage {st['stage']}, {st['sources']} source prompts, finished: {st['finished']}"
+    ]
+    for stage, c in st["stages"].items():
+        total = "?" if c["total"] < 0 else str(c["total"])
+        lines.append(f"  {stage:<9} {c['done']:>6} done  {c['failed']:>5} failed  of {total}")
+    if st["torn_lines"]:
+        lines.append(f"  {st['torn_lines']} torn record line(s) from an interrupted run (ignored)")
+    return "\n".join(lines)
+
+
+def status_command(out: str | Path) -> str:
+    """CLI body of ``debias3d augment status OUT``: returns the text to print."""
+    return format_status(augment_status(out))

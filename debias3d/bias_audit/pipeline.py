@@ -1,0 +1,637 @@
+"""``run_audit``: localize → quantize → report, resumable and sharded across accelerate processes.
+
+Layout of ``OUT/`` (the contract in DESIGN.md)::
+
+    summary.json       config, q_g per dimension, per-category means, word table, faithfulness,
+                       ground-truth agreement, view contradictions, issues (no timestamps)
+    timings.json       wall time per stage (kept out of summary.json so reruns compare equal)
+    prompts.parquet    prompt_id, prompt, category, q_l_<dim>, spread_<dim>, w_h, w_l, truncated
+    words.parquet      prompt_id, word, word_index, attr_<method>..., is_stop
+    samples.parquet    prompt_id, sample, seed, mesh, score_<dim>, valid
+    meshes/*.glb       every generated sample
+    thumbs/*.png       the evaluator's views of each prompt's first sample
+    heatmaps/          <prompt_id>.png / .svg and heatmaps.json
+    report.html        self-contained report
+    shards/            one JSONL per process (one record per finished prompt) — what --resume reads
+
+Every process takes its slice of the unfinished prompts (``PartialState.split_between_processes``)
+and appends finished prompts to its own shard; the main process merges the shards into the tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from debias3d.bias_audit.config import AuditConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_audit", "merge_shards", "build_models", "stop_words_for", "process_batch"]
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.t: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t[key] = self.t.get(key, 0.0) + time.perf_counter() - t0
+
+
+def stop_words_for(cfg: AuditConfig) -> frozenset[str]:
+    """The configured stop words, or English function words + ShapeWorld's list; plus extras."""
+    from debias3d.bias_audit.words import DEFAULT_STOP_WORDS
+
+    if cfg.attribution.stop_words is not None:
+        base = frozenset(cfg.attribution.stop_words)
+    else:
+        from debias3d.data.shapeworld.vocab import STOP_WORDS
+
+        base = DEFAULT_STOP_WORDS | STOP_WORDS
+    return frozenset(w.lower() for w in (*base, *cfg.attribution.extra_stop_words))
+
+
+def build_models(cfg: AuditConfig, need_generator: bool = True) -> tuple[Any, Any]:
+    """Evaluator and (optionally) generator from the registry (shipped weights unless configured)."""
+    from debias3d.registry import find
+
+    evaluator = find("evaluator", cfg.evaluator).from_pretrained(cfg.evaluator_weights, device=cfg.device)
+    evaluator.eval()
+    generator = build_models_generator(cfg, evaluator)[0] if need_generator else None
+    return generator, evaluator
+
+
+def _load_prompt_set(prompts: Any, evaluator: Any, cfg: AuditConfig) -> Any:
+    from debias3d.data.prompts import Prompt, PromptSet, hf_token_counter, load_prompts
+
+    if isinstance(prompts, PromptSet):
+        return prompts
+    if isinstance(prompts, (str, os.PathLike)):
+        te = getattr(evaluator, "text_encoder", None)
+        tok = getattr(te, "tokenizer", None)
+        limit = cfg.max_tokens or getattr(te, "max_length", None)
+        counter = hf_token_counter(tok) if tok is not None else None
+        return load_prompts(prompts, max_tokens=limit if counter else None, token_counter=counter)
+    items = []
+    for p in prompts:
+        items.append(p if isinstance(p, Prompt) else Prompt(str(p)))
+    return PromptSet(items)
+
+
+def _thumb(views: Any, path: Path) -> None:
+    """Save the ``(V, 3, H, W)`` views of one sample side by side as a PNG."""
+    from PIL import Image
+
+    arr = (views.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)  # (V, H, W, 3)
+    strip = np.concatenate(list(arr), axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(strip).save(path)
+
+
+def _deletion(
+    evaluator: Any, texts: list[str], views: Any, valid: Any, words: list[list[Any]], k: int, column: int
+) -> list[dict]:
+    """Deletion test for one method: scores with the top-k / bottom-k content words masked out."""
+    import torch
+
+    from debias3d.bias_audit.attribute import EvaluatorScore
+    from debias3d.bias_audit.words import deletion_masks
+
+    enc = evaluator.tokenize(texts)
+    mask = enc["attention_mask"]
+    tops, bots, ks = [], [], []
+    for b, ws in enumerate(words):
+        t, bt, kk = deletion_masks(ws, mask[b].cpu().numpy(), k)
+        tops.append(t)
+        bots.append(bt)
+        ks.append(kk)
+    n = len(texts)
+    fwd = EvaluatorScore(evaluator)
+    with torch.no_grad():
+        emb = evaluator.embed_tokens(enc["input_ids"])
+        m3 = torch.cat(
+            [
+                mask,
+                torch.as_tensor(np.stack(tops), dtype=mask.dtype),
+                torch.as_tensor(np.stack(bots), dtype=mask.dtype),
+            ]
+        )
+        q = fwd.all_dimensions(
+            emb.repeat(3, 1, 1), views.repeat(3, *([1] * (views.dim() - 1))), valid.repeat(3, 1), m3
+        )
+    q = q[:, column].double().cpu().numpy()
+    return [
+        {"q": float(q[b]), "q_top": float(q[n + b]), "q_bottom": float(q[2 * n + b]), "k": ks[b]}
+        for b in range(n)
+    ]
+
+
+def _word_truth(
+    prompt: str, assets: Sequence[Any], mode: str
+) -> tuple[list[dict[str, bool]] | None, str | None]:
+    """Per sample ``{word: shown}`` from the ShapeWorld measurer (``None`` if the prompt does not parse)."""
+    if mode == "off":
+        return None, None
+    from debias3d.data.shapeworld.measurer import score_prompt
+    from debias3d.data.shapeworld.parser import ParseError, parse
+
+    try:
+        spec = parse(prompt)
+    except (ParseError, ValueError, KeyError) as exc:
+        return None, (
+            f"ground truth: {prompt!r} is not a ShapeWorld prompt ({exc})" if mode == "on" else None
+        )
+    out = []
+    for a in assets:
+        if a is None:
+            out.append({})
+            continue
+        try:
+            out.append(score_prompt(spec, a.voxels if getattr(a, "voxels", None) is not None else a))
+        except (ValueError, TypeError, AttributeError, IndexError) as exc:
+            logger.debug("measurer failed on %r: %s", prompt, exc)
+            out.append({})
+    return out, None
+
+
+def process_batch(
+    batch: Sequence[tuple[int, Any]],
+    generator: Any,
+    evaluator: Any,
+    cfg: AuditConfig,
+    out_dir: Path,
+    n_total: int,
+    stop_words: frozenset[str],
+    timer: _Timer | None = None,
+) -> list[dict[str, Any]]:
+    """Localize and attribute one batch of prompts; returns one JSON-able record per prompt.
+
+    Args:
+        batch: ``(index in the set, Prompt)`` pairs.
+        n_total: prompts in the whole set (``q_g = mean q_l``, so ``∂q_g/∂e = ∂q_l/∂e / n_total``).
+    """
+    from debias3d.bias_audit.attribute import attribute_prompts
+    from debias3d.bias_audit.localize import localize_batch
+
+    timer = timer or _Timer()
+    att = cfg.attribution
+    dims = list(evaluator.dimensions)
+    texts = [p.text for _, p in batch]
+    ids = [p.id for _, p in batch]
+    with timer("localize"):
+        lb = localize_batch(
+            generator,
+            evaluator,
+            texts,
+            ids,
+            cfg.samples,
+            cfg.seed,
+            out_dir,
+            cfg.steps,
+            cfg.generate_batch_size,
+        )
+    issues = list(lb.issues)
+    ok = [i for i in range(len(batch)) if bool(lb.valid[i].any())]
+    q_l, spread = lb.q_l.numpy(), lb.spread.numpy()
+    scale = 1.0 / n_total if att.target == "global" else 1.0
+    column = dims.index(att.dimension)
+    words_by_method: dict[str, list[list[Any]]] = {}
+    deletion: dict[str, list[dict]] = {}
+    deltas: dict[str, list[float]] = {}
+    if ok:
+        views, valid = lb.views[ok], lb.valid[ok]
+        ok_texts = [texts[i] for i in ok]
+        for method in att.methods:
+            with timer(f"attribute_{method}"):
+                res = attribute_prompts(
+                    evaluator,
+                    ok_texts,
+                    views,
+                    valid,
+                    method=method,
+                    dimension=att.dimension,
+                    scale=scale,
+                    n_steps=att.n_steps,
+                    baseline=att.baseline,
+                    internal_batch_size=att.internal_batch_size if method == "integrated_gradients" else None,
+                )
+            words_by_method[method] = [res.words(j, att.aggregate, stop_words) for j in range(len(ok))]
+            deltas[method] = [float(x) for x in res.delta]
+            if att.deletion_k > 0:
+                with timer("deletion"):
+                    deletion[method] = _deletion(
+                        evaluator, ok_texts, views, valid, words_by_method[method], att.deletion_k, column
+                    )
+    records = []
+    for j, i in enumerate(ok):
+        idx, prompt = batch[i]
+        truth = None
+        with timer("ground_truth"):
+            truth, msg = _word_truth(prompt.text, lb.assets[i], cfg.ground_truth)
+        if msg:
+            issues.append(msg)
+        if cfg.heatmaps or cfg.report:
+            first = int(np.flatnonzero(lb.valid[i].numpy())[0])
+            _thumb(lb.views[i, first], out_dir / "thumbs" / f"{prompt.id}.png")
+        primary = words_by_method[att.primary][j]
+        from debias3d.bias_audit.words import extremes
+
+        w_h, w_l = extremes(primary)
+        words = []
+        for w in primary:
+            row = {"word": w.word, "word_index": w.index, "is_stop": w.is_stop}
+            for m in att.methods:
+                row[f"attr_{m}"] = float(words_by_method[m][j][w.index].attr)
+            words.append(row)
+        samples = []
+        for d in range(cfg.samples):
+            srow = {
+                "sample": d,
+                "seed": cfg.seed + d,
+                "mesh": lb.mesh_paths[i][d],
+                "valid": bool(lb.valid[i, d]),
+            }
+            for k, dim in enumerate(dims):
+                v = float(lb.scores[i, d, k])
+                srow[f"score_{dim}"] = v if math.isfinite(v) else None
+            if truth is not None:
+                srow["truth"] = truth[d]
+            samples.append(srow)
+        records.append(
+            {
+                "index": idx,
+                "prompt_id": prompt.id,
+                "prompt": prompt.text,
+                "category": prompt.category,
+                "truncated": bool(prompt.truncated),
+                "q_l": {dim: float(q_l[i, k]) for k, dim in enumerate(dims)},
+                "spread": {dim: float(spread[i, k]) for k, dim in enumerate(dims)},
+                "w_h": w_h.word if w_h else None,
+                "w_l": w_l.word if w_l else None,
+                "words": words,
+                "samples": samples,
+                "deletion": {m: deletion[m][j] for m in deletion},
+                "delta": {m: deltas[m][j] for m in deltas},
+                "issues": [],
+            }
+        )
+    if records:
+        records[0]["issues"] = issues
+    elif issues:
+        # nothing usable in this batch; still keep its messages (a record without words)
+        records.append({"index": -1, "prompt_id": None, "issues": issues})
+    return records
+
+
+def _round(obj: Any, digits: int = 6) -> Any:
+    """Round floats to ``digits`` significant digits (batching changes the last bits); NaN → None."""
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            return None
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: _round(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_round(v, digits) for v in obj]
+    if isinstance(obj, np.floating):
+        return _round(float(obj), digits)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _read_shards(shard_dir: Path) -> list[dict[str, Any]]:
+    records = []
+    for path in sorted(shard_dir.glob("shard-*.jsonl")):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                # a process killed mid-write leaves a partial last line; that prompt is redone
+                logger.warning("%s:%d: incomplete record ignored", path, n)
+    return records
+
+
+def _fidelity_from_table(path: str) -> dict[str, float]:
+    import pandas as pd
+
+    if Path(path).is_dir():  # a `debias3d world fidelity --out DIR` folder
+        path = str(Path(path) / "words.csv")
+    frame = pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path)
+    if "word" not in frame or "fidelity" not in frame:
+        raise ValueError(f"{path}: a fidelity table needs columns word, fidelity")
+    return {str(w): float(f) for w, f in zip(frame["word"], frame["fidelity"], strict=True)}
+
+
+def merge_shards(
+    out_dir: Path, cfg: AuditConfig, prompt_set: Any, dims: Sequence[str], view_auditor: Any = None
+) -> dict[str, Any]:
+    """Merge every shard into the tables, compute set-level results, write summary and report."""
+    import pandas as pd
+
+    from debias3d.bias_audit.localize import category_means, global_scores
+    from debias3d.bias_audit.words import faithfulness_summary, global_word_table, ground_truth_agreement
+    from debias3d.config import to_dict
+
+    att = cfg.attribution
+    order = {p.id: i for i, p in enumerate(prompt_set)}
+    by_id: dict[str, dict[str, Any]] = {}
+    issues: list[str] = [str(i) for i in getattr(prompt_set, "issues", [])]
+    for r in _read_shards(out_dir / "shards"):
+        issues += r.get("issues", [])
+        if r.get("prompt_id") in order:
+            by_id[r["prompt_id"]] = r
+    recs = sorted(by_id.values(), key=lambda r: order[r["prompt_id"]])
+    issues = list(dict.fromkeys(issues))
+
+    prompt_rows, word_rows, sample_rows = [], [], []
+    for r in recs:
+        row = {"prompt_id": r["prompt_id"], "prompt": r["prompt"], "category": r["category"]}
+        row.update({f"q_l_{d}": r["q_l"][d] for d in dims})
+        row.update({f"spread_{d}": r["spread"][d] for d in dims})
+        row.update({"w_h": r["w_h"], "w_l": r["w_l"], "truncated": r["truncated"]})
+        prompt_rows.append(row)
+        for w in r["words"]:
+            word_rows.append({"prompt_id": r["prompt_id"], **w})
+        for s in r["samples"]:
+            sample_rows.append({"prompt_id": r["prompt_id"], **{k: v for k, v in s.items() if k != "truth"}})
+    prompts_df = pd.DataFrame(
+        prompt_rows,
+        columns=[
+            "prompt_id",
+            "prompt",
+            "category",
+            *[f"q_l_{d}" for d in dims],
+            *[f"spread_{d}" for d in dims],
+            "w_h",
+            "w_l",
+            "truncated",
+        ],
+    )
+    attr_cols = [f"attr_{m}" for m in att.methods]
+    words_df = pd.DataFrame(word_rows, columns=["prompt_id", "word", "word_index", *attr_cols, "is_stop"])
+    words_df["word_index"] = words_df["word_index"].astype("int64")
+    samples_df = pd.DataFrame(
+        sample_rows, columns=["prompt_id", "sample", "seed", "mesh", *[f"score_{d}" for d in dims], "valid"]
+    )
+    samples_df["sample"] = samples_df["sample"].astype("int64")
+    samples_df["seed"] = samples_df["seed"].astype("int64")
+    prompts_df.to_parquet(out_dir / "prompts.parquet", index=False)
+    words_df.to_parquet(out_dir / "words.parquet", index=False)
+    samples_df.to_parquet(out_dir / "samples.parquet", index=False)
+
+    q_g = (
+        global_scores(prompts_df[[f"q_l_{d}" for d in dims]].to_numpy(), dims)
+        if len(prompts_df)
+        else dict.fromkeys(dims, float("nan"))
+    )
+    table = global_word_table(words_df, att.primary)
+    faith = {
+        m: faithfulness_summary([r["deletion"][m] for r in recs if m in r.get("deletion", {})])
+        for m in att.methods
+    }
+    completeness = {}
+    if "integrated_gradients" in att.methods:
+        d = np.array(
+            [r["delta"]["integrated_gradients"] for r in recs if "integrated_gradients" in r.get("delta", {})]
+        )
+        q = np.array([r["q_l"][att.dimension] for r in recs]) * (
+            1.0 / len(prompt_set) if att.target == "global" else 1.0
+        )
+        completeness = {
+            "mean_abs_delta": float(np.abs(d).mean()) if len(d) else None,
+            "mean_abs_score": float(np.abs(q).mean()) if len(q) else None,
+        }
+
+    # Ground truth: per-word fidelity measured on the audit's own samples (or a given table).
+    gt = None
+    fidelity: dict[str, float] = {}
+    if cfg.fidelity_table:
+        fidelity = _fidelity_from_table(cfg.fidelity_table)
+    elif cfg.ground_truth != "off":
+        shown: dict[str, list[bool]] = {}
+        for r in recs:
+            for s in r["samples"]:
+                for w, v in (s.get("truth") or {}).items():
+                    shown.setdefault(w, []).append(bool(v))
+        fidelity = {w: float(np.mean(v)) for w, v in shown.items() if v}
+    if fidelity:
+        from debias3d.data.shapeworld.vocab import ATTRIBUTE_WORDS
+
+        attribute = [w for ws in ATTRIBUTE_WORDS.values() for w in ws if " " not in w]
+        w_l_all = prompts_df["w_l"].dropna().tolist()
+        gt = ground_truth_agreement(table, fidelity, w_l_all, k=cfg.ground_truth_k, words=attribute)
+        mods = ground_truth_agreement(
+            table, fidelity, w_l_all, k=cfg.ground_truth_k, words=list(ATTRIBUTE_WORDS["modifier"])
+        )
+        gt["modifiers_only"] = {
+            k: mods[k] for k in ("spearman", "n_words", "lowest_fidelity", "flagged_as_w_l", "hits")
+        }
+        gt["source"] = cfg.fidelity_table or "measured on the audit samples (ShapeWorld measurer)"
+
+    content = table[~table["is_stop"].astype(bool)] if len(table) else table
+    view_results = []
+    if view_auditor is not None and len(prompts_df):
+        view_results = [v.to_dict() for v in view_auditor.audit(prompts_df["prompt"].tolist())]
+        (out_dir / "view_contradictions.json").write_text(
+            json.dumps(view_results, indent=1, ensure_ascii=False)
+        )
+    summary = {
+        "config": to_dict(cfg),
+        "n_prompts": len(prompt_set),
+        "n_audited": len(prompts_df),
+        "dimensions": list(dims),
+        "q_g": q_g,
+        "categories": category_means(prompts_df, dims),
+        "w_h": table["word"].iloc[0] if len(table) else None,
+        "w_l": content["word"].iloc[-1] if len(content) else None,
+        "word_table": table.to_dict("records"),
+        "faithfulness": faith,
+        "completeness": completeness,
+        "ground_truth": gt,
+        "view_contradictions": (
+            {
+                "n_prompts": len(view_results),
+                "flagged": {
+                    v: sum(len(r["flagged"].get(v, [])) for r in view_results)
+                    for v in (view_results[0]["views"] if view_results else [])
+                },
+            }
+            if view_results
+            else None
+        ),
+        "issues": issues,
+    }
+    summary = _round(summary)
+    (out_dir / "summary.json").write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    )
+    return summary
+
+
+def run_audit(
+    prompts: Any,
+    cfg: AuditConfig | None = None,
+    out_dir: str | os.PathLike = "audit",
+    resume: bool = False,
+    generator: Any = None,
+    evaluator: Any = None,
+    view_auditor: Any = None,
+) -> dict[str, Any]:
+    """Run the bias audit on a prompt set and write ``out_dir`` (see the module docstring).
+
+    Args:
+        prompts: a prompt file / benchmark folder path, a :class:`~debias3d.data.prompts.PromptSet`,
+            or a list of strings.
+        cfg: :class:`AuditConfig` (defaults).
+        out_dir: output folder (created).
+        resume: keep finished prompts from ``out_dir/shards`` and do only the rest.
+        generator / evaluator: already-built backends (default: from the registry).
+        view_auditor: a :class:`~debias3d.bias_audit.prompt_debias.ViewContradictionAuditor`
+            (default: built from ``cfg.view_contradictions`` when enabled).
+
+    Returns:
+        The summary dict (also in ``summary.json``; the main process's copy — others get ``{}``).
+    """
+    import torch
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    cfg = cfg or AuditConfig()
+    # cpu=True puts CPU ranks on gloo (accelerate would otherwise expect CUDA for multi-process).
+    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    if cfg.device in ("cuda", "auto"):
+        # one GPU per process under accelerate launch
+        cfg = dataclasses.replace(cfg, device=str(state.device))
+    out = Path(out_dir)
+    shard_dir = out / "shards"
+    timer = _Timer()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    with timer("load_models"):
+        if evaluator is None:
+            _, evaluator = build_models(cfg, need_generator=False)
+    prompt_set = _load_prompt_set(prompts, evaluator, cfg)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume and shard_dir.exists():
+            shutil.rmtree(shard_dir)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    done = {r["prompt_id"] for r in _read_shards(shard_dir) if r.get("prompt_id")} if resume else set()
+    todo = [(i, p) for i, p in enumerate(prompt_set) if p.id not in done]
+    if resume and done:
+        logger.info("resume: %d prompts already done, %d to go", len(prompt_set) - len(todo), len(todo))
+    stop_words = stop_words_for(cfg)
+    with state.split_between_processes(todo) as mine:
+        mine = list(mine)
+        if mine:
+            if generator is None:
+                with timer("load_models"):
+                    generator, _ = build_models_generator(cfg, evaluator)
+            shard = shard_dir / f"shard-{state.process_index:03d}.jsonl"
+            bs = cfg.attribution.batch_size
+            batches = [mine[s : s + bs] for s in range(0, len(mine), bs)]
+            bar = tqdm(
+                batches,
+                desc=f"audit[{state.process_index}]",
+                unit="batch",
+                disable=not state.is_local_main_process,
+            )
+            for batch in bar:
+                recs = process_batch(
+                    batch, generator, evaluator, cfg, out, len(prompt_set), stop_words, timer
+                )
+                with shard.open("a", encoding="utf-8") as fh:
+                    for r in recs:
+                        fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+    (shard_dir / f"timings-{state.process_index:03d}.json").write_text(json.dumps(timer.t))
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return {}
+    if view_auditor is None and cfg.view_contradictions.enabled:
+        view_auditor = _build_view_auditor(cfg)
+    with timer("merge"):
+        summary = merge_shards(out, cfg, prompt_set, list(evaluator.dimensions), view_auditor)
+    if cfg.view_contradictions.enabled and view_auditor is None:
+        summary["issues"].append(
+            "view contradictions: no masked LM (set view_contradictions.mlm_path to a bert-base-uncased folder)"
+        )
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    from debias3d.bias_audit.report import write_heatmaps, write_report
+
+    if cfg.heatmaps:
+        with timer("heatmaps"):
+            write_heatmaps(out, ("png", "svg", "json"))
+    else:
+        write_heatmaps(out, ("json",))
+    if cfg.report:
+        with timer("report"):
+            write_report(out)
+    totals: dict[str, float] = {}
+    for path in sorted(shard_dir.glob("timings-*.json")):
+        for k, v in json.loads(path.read_text()).items():
+            totals[k] = totals.get(k, 0.0) + v
+    for k in ("merge", "heatmaps", "report"):
+        if k in timer.t:
+            totals[k] = timer.t[k]
+    (out / "timings.json").write_text(
+        json.dumps({k: round(v, 3) for k, v in totals.items()}, indent=2) + "\n"
+    )
+    for msg in summary["issues"]:
+        logger.warning("%s", msg)
+    logger.info("audit of %d prompts written to %s", summary["n_audited"], out)
+    return summary
+
+
+def build_models_generator(cfg: AuditConfig, evaluator: Any) -> tuple[Any, Any]:
+    """Only the generator (sharing the evaluator's MiniLM encoder when both are the embedded ones)."""
+    from debias3d.registry import find
+
+    gen_cls = find("generator", cfg.generator)
+    kwargs: dict[str, Any] = {"device": cfg.device}
+    te = getattr(evaluator, "text_encoder", None)
+    if cfg.generator == "mini-trellis" and getattr(te, "name", None) == "minilm":
+        kwargs["text_encoder"] = te
+    return gen_cls.from_pretrained(cfg.generator_weights, **kwargs), evaluator
+
+
+def _build_view_auditor(cfg: AuditConfig) -> Any:
+    from debias3d.bias_audit.prompt_debias import ViewContradictionAuditor
+
+    vc = cfg.view_contradictions
+    if not vc.mlm_path:
+        return None
+    try:
+        return ViewContradictionAuditor.from_pretrained(
+            vc.mlm_path,
+            device=cfg.device,
+            views=vc.views,
+            template=vc.template,
+            threshold=vc.threshold,
+            faithfulness=vc.faithfulness,
+            protected=vc.protected,
+        )
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        logger.warning("view contradictions skipped: %s", exc)
+        return None

@@ -1,0 +1,342 @@
+"""Audit reports: per-prompt word heatmaps (PNG + SVG + JSON) and a self-contained ``report.html``.
+
+Everything here reads the audit folder (``prompts.parquet``, ``words.parquet``, ``summary.json``,
+``view_contradictions.json``, ``thumbs/``), so ``debias3d report heatmap --audit DIR`` re-exports
+without re-running anything. The HTML is rendered by jinja2 with autoescape on, and images are
+embedded as base64, so the file opens offline and a prompt containing ``<script>`` shows as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["attr_colour", "heatmap_figure", "write_heatmaps", "write_report", "FORMATS"]
+
+FORMATS = ("png", "svg", "html", "json")
+_CMAP = "Reds"
+
+
+def attr_colour(value: float, vmax: float) -> str:
+    """CSS colour for an attribution: white → red by ``|value| / vmax`` (blue for negative values)."""
+    t = 0.0 if vmax <= 0 or not np.isfinite(value) else min(abs(value) / vmax, 1.0)
+    if value >= 0:
+        r, g, b = 255, int(255 - 180 * t), int(255 - 180 * t)
+    else:
+        r, g, b = int(255 - 180 * t), int(255 - 120 * t), 255
+    return f"rgb({r},{g},{b})"
+
+
+def heatmap_figure(labels: Sequence[str], values: Sequence[float], title: str = "", ax: Any = None) -> Any:
+    """One row of word cells coloured by attribution, with a colour bar (matplotlib Figure).
+
+    Args:
+        labels: ``W`` words (or tokens).
+        values: ``W`` attributions.
+        title: figure title (drawn as plain text, no mathtext).
+        ax: draw into this Axes instead of a new figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib import colors
+
+    vals = np.asarray(values, dtype=float).reshape(1, -1)
+    n = max(vals.shape[1], 1)
+    signed = bool((vals < 0).any())
+    vmax = float(np.nanmax(np.abs(vals))) if vals.size and np.isfinite(vals).any() else 1.0
+    vmax = vmax or 1.0
+    norm = colors.TwoSlopeNorm(0.0, -vmax, vmax) if signed else colors.Normalize(0.0, vmax)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(min(1.0 + 0.9 * n, 16), 1.7))
+    else:
+        fig = ax.figure
+    im = ax.imshow(
+        vals if vals.size else np.zeros((1, 1)), cmap="RdBu_r" if signed else _CMAP, norm=norm, aspect="auto"
+    )
+    for j, lab in enumerate(labels):
+        v = vals[0, j]
+        dark = abs(v) / vmax > 0.6 if np.isfinite(v) else False
+        ax.text(
+            j,
+            0,
+            str(lab),
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="white" if dark else "black",
+            usetex=False,
+        )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title.replace("$", r"\$"), fontsize=9, loc="left")
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.01)
+    fig.tight_layout()
+    return fig
+
+
+def _read(audit_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    import pandas as pd
+
+    prompts = pd.read_parquet(audit_dir / "prompts.parquet")
+    words = pd.read_parquet(audit_dir / "words.parquet")
+    summary_path = audit_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return prompts, words, summary
+
+
+def _methods(words: Any) -> list[str]:
+    return [c[len("attr_") :] for c in words.columns if c.startswith("attr_")]
+
+
+def _heatmap_entries(prompts: Any, words: Any, primary: str | None) -> list[dict[str, Any]]:
+    methods = _methods(words)
+    by_prompt = {pid: g.sort_values("word_index") for pid, g in words.groupby("prompt_id", sort=False)}
+    out = []
+    for r in prompts.itertuples(index=False):
+        g = by_prompt.get(r.prompt_id)
+        if g is None:
+            continue
+        out.append(
+            {
+                "prompt_id": r.prompt_id,
+                "prompt": r.prompt,
+                "category": r.category,
+                "words": g["word"].tolist(),
+                "is_stop": [bool(x) for x in g["is_stop"]],
+                "attr": {m: [float(x) for x in g[f"attr_{m}"]] for m in methods},
+                "primary": primary or (methods[0] if methods else None),
+                "w_h": r.w_h,
+                "w_l": r.w_l,
+            }
+        )
+    return out
+
+
+def _html_row(entry: dict[str, Any], method: str) -> str:
+    import html
+
+    vals = entry["attr"][method]
+    vmax = max((abs(v) for v in vals), default=1.0) or 1.0
+    spans = "".join(
+        f'<span class="w" title="{v:.3g}" style="background:{attr_colour(v, vmax)}">{html.escape(w)}</span>'
+        for w, v in zip(entry["words"], vals, strict=True)
+    )
+    return f"<p><b>{html.escape(str(entry['prompt']))}</b><br>{spans}</p>"
+
+
+def write_heatmaps(
+    audit_dir: str | Path, formats: Sequence[str] = ("png", "svg", "json"), out: str | Path | None = None
+) -> list[Path]:
+    """(Re-)export word heatmaps of an audit folder.
+
+    Args:
+        audit_dir: an audit output folder.
+        formats: any of ``png`` / ``svg`` (one file per prompt: ``<prompt_id>.<fmt>``), ``json``
+            (``heatmaps.json``) and ``html`` (``heatmaps.html``, all prompts on one page).
+        out: target folder (default ``audit_dir/heatmaps``).
+
+    Returns:
+        The files written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    audit_dir = Path(audit_dir)
+    for f in formats:
+        if f not in FORMATS:
+            raise ValueError(f"unknown heatmap format {f!r}; expected one of {', '.join(FORMATS)}")
+    prompts, words, summary = _read(audit_dir)
+    primary = summary.get("config", {}).get("attribution", {}).get("primary")
+    entries = _heatmap_entries(prompts, words, primary)
+    dest = Path(out) if out is not None else audit_dir / "heatmaps"
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    images = [f for f in formats if f in ("png", "svg")]
+    if images:
+        from tqdm.auto import tqdm
+
+        for e in tqdm(entries, desc="heatmaps", unit="prompt", disable=len(entries) < 16):
+            m = e["primary"]
+            fig = heatmap_figure(e["words"], e["attr"][m], title=f"{m}: {e['prompt']}")
+            for fmt in images:
+                path = dest / f"{e['prompt_id']}.{fmt}"
+                fig.savefig(path, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
+                written.append(path)
+            plt.close(fig)
+    if "json" in formats:
+        path = dest / "heatmaps.json"
+        path.write_text(json.dumps({"method": primary, "prompts": entries}, indent=1, ensure_ascii=False))
+        written.append(path)
+    if "html" in formats:
+        path = dest / "heatmaps.html"
+        body = "\n".join(_html_row(e, e["primary"]) for e in entries)
+        path.write_text(
+            "<!doctype html><meta charset='utf-8'><title>debias3d heatmaps</title>"
+            "<style>.w{padding:1px 4px;margin:1px;border-radius:3px;display:inline-block}</style>" + body,
+            encoding="utf-8",
+        )
+        written.append(path)
+    return written
+
+
+def _b64(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    mime = "image/svg+xml" if path.suffix == ".svg" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>debias3d bias audit</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}.w{padding:1px 4px;margin:1px;border-radius:3px;display:inline-block}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px;margin:8px 0}.card img{max-width:100%}
+.muted{color:#777}.issue{font-family:monospace;font-size:12px}
+</style></head><body>
+<h1>Bias audit</h1>
+<p class="muted">{{ n_prompts }} prompts &times; D={{ samples }} samples; generator <code>{{ generator }}</code>,
+evaluator <code>{{ evaluator }}</code>; attribution <code>{{ primary }}</code> of the {{ target }} {{ dimension }} score.</p>
+
+<h2>Global scores q<sub>g</sub></h2>
+<table><tr>{% for d in dims %}<th>{{ d }}</th>{% endfor %}</tr>
+<tr>{% for d in dims %}<td>{{ "%.4f"|format(q_g[d]) }}</td>{% endfor %}</tr></table>
+
+<h2>Per category (mean q<sub>l</sub>)</h2>
+<table><tr><th class="l">category</th><th>prompts</th>{% for d in dims %}<th>{{ d }}</th>{% endfor %}</tr>
+{% for cat, row in categories.items() %}<tr><td class="l">{{ cat }}</td><td>{{ row.n_prompts }}</td>
+{% for d in dims %}<td>{{ "%.4f"|format(row[d]) }}</td>{% endfor %}</tr>{% endfor %}</table>
+
+<h2>Words the evaluator relies on most and least</h2>
+<div style="display:flex;gap:32px">
+<div><h3>Over-relied (highest mean attribution)</h3><table><tr><th class="l">word</th><th>mean attr</th><th>prompts</th><th>rank</th></tr>
+{% for r in top_words %}<tr><td class="l">{{ r.word }}</td><td>{{ "%.4f"|format(r.mean_attr) }}</td><td>{{ r.n_prompts }}</td><td>{{ r.rank }}</td></tr>{% endfor %}</table></div>
+<div><h3>Ignored (lowest, content words)</h3><table><tr><th class="l">word</th><th>mean attr</th><th>prompts</th><th>rank</th></tr>
+{% for r in low_words %}<tr><td class="l">{{ r.word }}</td><td>{{ "%.4f"|format(r.mean_attr) }}</td><td>{{ r.n_prompts }}</td><td>{{ r.rank }}</td></tr>{% endfor %}</table></div>
+</div>
+
+<h2>Faithfulness (deletion test)</h2>
+{% if faith.n_prompts %}
+<p>Removing the top-{{ faith.k }} attributed content words changes the score by {{ "%.4f"|format(faith.mean_change_top) }} on average;
+removing the bottom-{{ faith.k }} by {{ "%.4f"|format(faith.mean_change_bottom) }}
+({{ "%.0f"|format(100 * faith.top_exceeds_bottom) }}% of {{ faith.n_prompts }} prompts moved more with the top words).
+{% if faith.passed %}The attribution passes: its top words matter more.{% else %}The attribution does <b>not</b> pass: its top words do not matter more than its bottom words.{% endif %}</p>
+{% else %}<p class="muted">No prompt had enough content words for the deletion test.</p>{% endif %}
+
+<h2>Ground truth (ShapeWorld)</h2>
+{% if gt %}
+<p>Spearman &rho; between each attribute word's global attribution and the generator's measured fidelity for it:
+<b>{{ gt.spearman_text }}</b> over {{ gt.n_words }} words. The paper's reading (low gradient = ignored) predicts &rho; &gt; 0.
+Of the {{ gt.k }} lowest-fidelity words ({{ gt.lowest_fidelity|join(", ") }}), {{ gt.hits }} are flagged as w<sub>l</sub> somewhere{% if gt.flagged_as_w_l %} ({{ gt.flagged_as_w_l|join(", ") }}){% endif %}.</p>
+<table><tr><th class="l">word</th><th>mean attr</th><th>fidelity</th><th>prompts</th></tr>
+{% for r in gt.per_word %}<tr><td class="l">{{ r.word }}</td><td>{{ "%.4f"|format(r.mean_attr) }}</td><td>{{ "%.3f"|format(r.fidelity) }}</td><td>{{ r.n_prompts }}</td></tr>{% endfor %}</table>
+{% else %}<p class="muted">Not measured (prompts are not ShapeWorld prompts, or ground_truth: off).</p>{% endif %}
+
+<h2>View contradictions (D-SDS PMI)</h2>
+{% if views %}
+<table><tr><th class="l">prompt</th>{% for v in view_names %}<th class="l">contradicts {{ v }} view</th>{% endfor %}</tr>
+{% for r in views %}<tr><td class="l">{{ r.prompt }}</td>{% for v in view_names %}<td class="l">{{ (r.flagged.get(v) or [])|join(", ") }}</td>{% endfor %}</tr>{% endfor %}</table>
+{% else %}<p class="muted">Not run (use --view-contradictions).</p>{% endif %}
+
+<h2>Per-prompt heatmaps</h2>
+{% for p in prompt_cards %}
+<div class="card"><div><b>{{ p.prompt }}</b> <span class="muted">[{{ p.category }}] q<sub>l</sub>={{ "%.4f"|format(p.q) }},
+w<sub>h</sub>={{ p.w_h }}, w<sub>l</sub>={{ p.w_l }}{% if p.truncated %}, truncated{% endif %}</span></div>
+<div>{% for w in p.words %}<span class="w" title="{{ "%.3g"|format(w.v) }}" style="background:{{ w.c }}">{{ w.t }}</span>{% endfor %}</div>
+{% if p.thumb %}<img alt="views" src="{{ p.thumb }}">{% endif %}
+{% if p.heatmap %}<img alt="heatmap" src="{{ p.heatmap }}">{% endif %}
+</div>
+{% endfor %}
+
+<h2>Issues</h2>
+{% if issues %}{% for i in issues %}<div class="issue">{{ i }}</div>{% endfor %}{% else %}<p class="muted">None.</p>{% endif %}
+</body></html>
+"""
+
+
+def write_report(audit_dir: str | Path, max_prompts: int = 200) -> Path:
+    """Write ``audit_dir/report.html`` (self-contained; images embedded as base64).
+
+    Args:
+        audit_dir: an audit folder with ``summary.json``, ``prompts.parquet``, ``words.parquet``.
+        max_prompts: per-prompt cards shown (the rest are in ``heatmaps/``).
+    """
+    import jinja2
+
+    audit_dir = Path(audit_dir)
+    prompts, words, summary = _read(audit_dir)
+    cfg = summary.get("config", {})
+    att = cfg.get("attribution", {})
+    primary = att.get("primary", "grad")
+    dims = list(summary.get("q_g", {}).keys())
+    table = summary.get("word_table", [])
+    content = [r for r in table if not r.get("is_stop")]
+    gt = summary.get("ground_truth") or None
+    if gt:
+        gt = dict(gt)
+        gt["spearman_text"] = "n/a" if gt.get("spearman") is None else f"{gt['spearman']:.3f}"
+    vc_path = audit_dir / "view_contradictions.json"
+    views = json.loads(vc_path.read_text()) if vc_path.is_file() else []
+    view_names = views[0]["views"] if views else []
+    entries = {e["prompt_id"]: e for e in _heatmap_entries(prompts, words, primary)}
+    q_col = f"q_l_{att.get('dimension', 'overall')}"
+    cards = []
+    for r in prompts.head(max_prompts).itertuples(index=False):
+        e = entries.get(r.prompt_id)
+        if e is None:
+            continue
+        vals = e["attr"][e["primary"]]
+        vmax = max((abs(v) for v in vals), default=1.0) or 1.0
+        cards.append(
+            {
+                "prompt": r.prompt,
+                "category": r.category,
+                "q": float(getattr(r, q_col, float("nan"))),
+                "w_h": r.w_h,
+                "w_l": r.w_l,
+                "truncated": bool(r.truncated),
+                "words": [
+                    {"t": w, "v": v, "c": attr_colour(v, vmax)} for w, v in zip(e["words"], vals, strict=True)
+                ],
+                "thumb": _b64(audit_dir / "thumbs" / f"{r.prompt_id}.png"),
+                "heatmap": _b64(audit_dir / "heatmaps" / f"{r.prompt_id}.png"),
+            }
+        )
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
+    html_text = env.from_string(_TEMPLATE).render(
+        n_prompts=len(prompts),
+        samples=cfg.get("samples"),
+        generator=cfg.get("generator"),
+        evaluator=cfg.get("evaluator"),
+        primary=primary,
+        target=att.get("target"),
+        dimension=att.get("dimension"),
+        dims=dims,
+        q_g=summary.get("q_g", {}),
+        categories=summary.get("categories", {}),
+        top_words=table[:10],
+        low_words=list(reversed(content[-10:])),
+        faith=summary.get("faithfulness", {}).get(primary, {"n_prompts": 0}),
+        gt=gt,
+        views=views,
+        view_names=view_names,
+        prompt_cards=cards,
+        issues=summary.get("issues", []),
+    )
+    path = audit_dir / "report.html"
+    path.write_text(html_text, encoding="utf-8")
+    return path

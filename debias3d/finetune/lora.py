@@ -1,0 +1,257 @@
+"""peft LoRA on a generator's flow transformers: add, reload, merge.
+
+Both stages live in ONE container, ``nn.ModuleDict(generator.flow_models)``
+(``{"stage1": SparseStructureFlowModel, "stage2": SLatFlowModel}`` for mini TRELLIS; the TRELLIS
+adapter exposes the same dict). One standard peft adapter directory
+(``adapter_config.json`` + ``adapter_model.safetensors``) then covers both stages, and
+
+>>> container = flow_container(generator)                                  # doctest: +SKIP
+>>> PeftModel.from_pretrained(container, "runs/ft")                        # doctest: +SKIP
+
+reloads it. peft injects the LoRA layers *inside* the stage modules, so the generator that owns
+them samples with the adapter without any other change.
+
+Targets are matched by the regex ``(stage1|stage2)(\\..*)?\\.(to_qkv|to_q|to_kv|to_out)`` built from
+the config (peft ``target_modules`` as a string is a full match on the module name), so
+``lora.stages`` can restrict the adapter to one stage.
+
+Real TRELLIS note: its ``SparseLinear`` subclasses ``nn.Linear`` but takes a ``SparseTensor``;
+stock peft wraps it happily and then fails at forward time. :func:`resolve_targets` refuses any
+target whose class overrides ``nn.Linear.forward``, so the error comes at set-up, with the names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ADAPTER_INFO_NAME",
+    "flow_container",
+    "linear_names",
+    "target_regex",
+    "resolve_targets",
+    "make_lora_config",
+    "add_lora",
+    "lora_parameters",
+    "apply_adapter",
+    "merge_adapter",
+    "load_generator",
+    "read_adapter_info",
+    "write_adapter_info",
+]
+
+#: Beside the peft files: which generator (backend + weights) the adapter was trained on.
+ADAPTER_INFO_NAME = "debias3d_adapter.json"
+
+
+def flow_container(generator: Any) -> nn.ModuleDict:
+    """``nn.ModuleDict`` of ``generator.flow_models`` (the same module objects, not copies)."""
+    models = getattr(generator, "flow_models", None)
+    if not isinstance(models, dict) or not models:
+        raise TypeError(f"{type(generator).__name__} has no flow_models dict to fine-tune")
+    return nn.ModuleDict(dict(models))
+
+
+def _is_plain_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear`` whose forward is ``nn.Linear.forward`` (what peft's LoRA ``Linear`` wraps)."""
+    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+
+
+def linear_names(module: nn.Module, prefix: str = "") -> Counter:
+    """Leaf names of the plain ``nn.Linear`` layers under ``module`` (name → count), e.g.
+    ``{"to_qkv": 4, "to_out": 8, "0": 8, ...}``. Used in error messages and docs."""
+    out: Counter = Counter()
+    for name, m in module.named_modules():
+        if name.startswith(prefix) and _is_plain_linear(m):
+            out[name.rsplit(".", 1)[-1]] += 1
+    return out
+
+
+def target_regex(stages: Sequence[str], targets: Sequence[str]) -> str:
+    """peft ``target_modules`` regex: any ``targets`` leaf under any of ``stages``.
+
+    >>> import re
+    >>> bool(re.fullmatch(target_regex(["stage1"], ["to_q"]), "stage1.blocks.0.cross_attn.to_q"))
+    True
+    >>> bool(re.fullmatch(target_regex(["stage1"], ["to_q"]), "stage1.blocks.0.cross_attn.to_qkv"))
+    False
+    """
+    s = "|".join(re.escape(x) for x in stages)
+    t = "|".join(re.escape(x) for x in targets)
+    return rf"(?:{s})(?:\..*)?\.(?:{t})"
+
+
+def resolve_targets(container: nn.ModuleDict, stages: Sequence[str], targets: Sequence[str]) -> list[str]:
+    """Full names of the modules that will get LoRA; a clear ``ValueError`` when that is none.
+
+    Raises:
+        ValueError: an unknown stage; targets that match no module (the message lists the
+            available Linear names per stage); or a target that is a non-plain Linear such as
+            TRELLIS's ``SparseLinear``.
+    """
+    missing = [s for s in stages if s not in container]
+    if missing:
+        raise ValueError(f"lora.stages {missing} not in the generator's flow models {list(container)}")
+    pattern = re.compile(target_regex(stages, targets))
+    matched = [n for n, _ in container.named_modules() if n and pattern.fullmatch(n)]
+    if not matched:
+        avail = "; ".join(f"{s}: " + ", ".join(sorted(linear_names(container[s]))) for s in stages)
+        raise ValueError(
+            f"lora.target_modules {list(targets)} match no module in stages {list(stages)}. "
+            f"Available nn.Linear names — {avail}"
+        )
+    modules = dict(container.named_modules())
+    bad = [n for n in matched if not _is_plain_linear(modules[n])]
+    if bad:
+        kinds = sorted({type(modules[n]).__name__ for n in bad})
+        raise ValueError(
+            f"lora.target_modules match layers peft LoRA cannot wrap ({', '.join(kinds)}; e.g. {bad[0]}). "
+            "TRELLIS's SparseLinear takes a SparseTensor: target the attention linears "
+            "(to_qkv, to_q, to_kv, to_out) only"
+        )
+    unmatched = [t for t in targets if not any(n.rsplit(".", 1)[-1] == t for n in matched)]
+    if unmatched:
+        logger.info("lora.target_modules %s match nothing in stages %s (others do)", unmatched, list(stages))
+    return matched
+
+
+def make_lora_config(settings: Any, container: nn.ModuleDict):
+    """peft ``LoraConfig`` from :class:`~debias3d.finetune.config.LoraSettings` (targets checked)."""
+    from peft import LoraConfig
+
+    resolve_targets(container, settings.stages, settings.target_modules)
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        init_lora_weights=settings.init_lora_weights if settings.init_lora_weights == "gaussian" else True,
+        target_modules=target_regex(settings.stages, settings.target_modules),
+    )
+
+
+def add_lora(generator: Any, settings: Any):
+    """Freeze ``generator``'s flow models and add a fresh LoRA adapter to them.
+
+    Args:
+        generator: anything with ``flow_models`` (mini TRELLIS, the TRELLIS adapter).
+        settings: :class:`~debias3d.finetune.config.LoraSettings`.
+
+    Returns:
+        ``peft.PeftModel`` around :func:`flow_container` (LoRA params trainable, in fp32).
+    """
+    from peft import get_peft_model
+
+    container = flow_container(generator)
+    container.requires_grad_(False)
+    config = make_lora_config(settings, container)
+    model = get_peft_model(container, config)
+    # diffusers' cast_training_params: trainable params stay fp32 whatever the base dtype is.
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model
+
+
+def lora_parameters(model: nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Name → parameter for every LoRA weight (``lora_A`` / ``lora_B``) of a peft model."""
+    return {n: p for n, p in model.named_parameters() if "lora_" in n}
+
+
+def write_adapter_info(adapter_dir: str | os.PathLike, info: dict[str, Any]) -> Path:
+    """Write :data:`ADAPTER_INFO_NAME` (generator backend, weights path, stages, training summary)."""
+    p = Path(adapter_dir) / ADAPTER_INFO_NAME
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+    return p
+
+
+def read_adapter_info(adapter_dir: str | os.PathLike) -> dict[str, Any]:
+    """The :data:`ADAPTER_INFO_NAME` record, or ``{}`` when the folder has none."""
+    p = Path(adapter_dir) / ADAPTER_INFO_NAME
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def _check_adapter_dir(adapter_dir: str | os.PathLike) -> Path:
+    d = Path(adapter_dir)
+    if not (d / "adapter_config.json").is_file() or not (d / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{d} is not a LoRA adapter folder (expected adapter_config.json and adapter_model.safetensors)"
+        )
+    return d
+
+
+def apply_adapter(generator: Any, adapter_dir: str | os.PathLike, merge: bool = True) -> Any:
+    """Load a fine-tuned adapter into ``generator`` in place (for ``generate --adapter DIR`` and eval).
+
+    Args:
+        generator: a generator with ``flow_models`` (mini TRELLIS or the TRELLIS adapter).
+        adapter_dir: a folder written by ``debias3d finetune`` (peft format).
+        merge: fold ``W + (alpha/r)·B·A`` into the base weights (no LoRA overhead when sampling);
+            ``False`` keeps separate LoRA layers.
+
+    Returns:
+        the same ``generator`` (its flow modules now carry the adapter), with
+        ``metadata["adapter"] = str(adapter_dir)``.
+    """
+    from peft import PeftModel
+
+    d = _check_adapter_dir(adapter_dir)
+    container = flow_container(generator)
+    peft_model = PeftModel.from_pretrained(container, str(d), is_trainable=False)
+    if merge:
+        peft_model.merge_and_unload()
+    peft_model.eval()
+    meta = getattr(generator, "metadata", None)
+    if isinstance(meta, dict):
+        meta["adapter"] = str(d)
+    logger.info("applied LoRA adapter %s (%s)", d, "merged" if merge else "unmerged")
+    return generator
+
+
+def merge_adapter(generator: Any, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Merge an adapter into ``generator`` and write the merged weights as safetensors.
+
+    Mini TRELLIS writes ``config.json`` + ``model.safetensors`` (``from_pretrained``-loadable);
+    another generator writes ``<stage>.safetensors`` per flow model through its ``save_pretrained``
+    when it has one.
+    """
+    from safetensors.torch import save_file
+
+    apply_adapter(generator, adapter_dir, merge=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(generator, "save_pretrained"):
+        generator.save_pretrained(out)
+    else:
+        for key, module in generator.flow_models.items():
+            state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+            save_file(state, str(out / f"{key}.safetensors"), metadata={"format": "pt"})
+    info = read_adapter_info(adapter_dir)
+    info["merged_from"] = str(adapter_dir)
+    (out / "merge_record.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+    logger.info("wrote merged weights to %s", out)
+    return out
+
+
+def load_generator(name: str, path: str | None = None, device: str = "cpu") -> Any:
+    """Build a generator backend by registry name (``mini-trellis`` / ``trellis``) from ``path``."""
+    from debias3d.registry import find
+
+    cls = find("generator", name)
+    if not hasattr(cls, "from_pretrained"):
+        raise TypeError(f"generator backend {name!r} has no from_pretrained")
+    return (
+        cls.from_pretrained(path, device=device) if path is not None else cls.from_pretrained(device=device)
+    )

@@ -1,0 +1,67 @@
+"""Implementation of ``debias3d generate`` (the typer command in :mod:`debias3d.cli` stays thin)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["generate_command", "load_generator"]
+
+
+def load_generator(name: str = "mini-trellis", weights: Path | None = None, **kwargs):
+    """Build a registered generator; ``weights`` is the mini model's folder or TRELLIS's id/folder."""
+    from debias3d.registry import find
+
+    cls = find("generator", name)
+    return (
+        cls.from_pretrained(weights, **kwargs) if hasattr(cls, "from_pretrained") else cls(weights, **kwargs)
+    )
+
+
+def _read_prompts(prompts: list[str]) -> list[str]:
+    if len(prompts) == 1 and Path(prompts[0]).is_file():
+        from debias3d.data import prompts as prompt_io
+
+        loaded = prompt_io.load_prompts(prompts[0])
+        return [getattr(p, "prompt", getattr(p, "text", p)) for p in loaded]
+    return list(prompts)
+
+
+def generate_command(
+    prompts: list[str],
+    out: Path,
+    samples: int = 4,
+    seed: int = 0,
+    generator: str = "mini-trellis",
+    weights: Path | None = None,
+    adapter: Path | None = None,
+    fmt: str = "glb",
+    steps: int | None = None,
+    cfg_strength: float | None = None,
+) -> list[Path]:
+    """Generate ``samples`` meshes per prompt into ``out`` (``<i>_<d>.<fmt>`` + ``manifest.jsonl``)."""
+    from .decoder import export_mesh
+
+    texts = _read_prompts(prompts)
+    gen = load_generator(generator, weights)
+    if adapter is not None:
+        if not hasattr(gen, "load_adapter"):
+            raise ValueError(f"generator {generator!r} cannot load adapters yet")
+        gen.load_adapter(adapter)
+    assets = gen.generate(
+        texts, seeds=[seed] * len(texts), num_samples=samples, steps=steps, cfg=cfg_strength
+    )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with (out / "manifest.jsonl").open("w") as f:
+        for k, a in enumerate(assets):
+            i, d = divmod(k, samples)
+            p = export_mesh(a.mesh, out / f"{i:04d}_{d}.{fmt}", fmt)
+            paths.append(p)
+            f.write(json.dumps({"prompt": a.prompt, "seed": a.seed, "sample": d, "mesh": p.name}) + "\n")
+    logger.info("wrote %d meshes to %s", len(paths), out)
+    return paths

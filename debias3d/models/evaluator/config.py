@@ -1,0 +1,106 @@
+"""Configs of the evaluator models (architecture only; training lives in :mod:`.train`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["DIMENSIONS", "EvaluatorModelConfig", "CLIPHyperScoreConfig"]
+
+#: Quality dimensions, in output column order.
+DIMENSIONS: tuple[str, ...] = ("alignment", "geometry", "texture", "overall")
+
+
+def _check_dims(dims: tuple[str, ...], names: tuple[str, ...], cls: str) -> None:
+    if not dims:
+        raise ValueError(f"{cls}.dimensions must not be empty")
+    if len(names) != len(dims):
+        raise ValueError(
+            f"{cls}.dimension_prompts has {len(names)} entries for {len(dims)} dimensions {dims}"
+        )
+
+
+@dataclass
+class EvaluatorModelConfig:
+    """Architecture of the embedded HyperScore-style evaluator (``shapeworld-hyperscore``)."""
+
+    image_size: int = field(default=48, metadata={"help": "render / input size of each view (px), /8"})
+    render_size: int = field(
+        default=48,
+        metadata={"help": "views are rendered at this size, then resized to image_size (as in training)"},
+    )
+    n_views: int = field(default=6, metadata={"help": "views per mesh (MATE-3D rig: 6)"})
+    dim: int = field(default=128, metadata={"help": "width D of patch and token features"})
+    cnn_widths: tuple[int, int, int] = field(
+        default=(24, 48, 96), metadata={"help": "channels of the view CNN's three stride-2 stages"}
+    )
+    n_ctx: int = field(default=8, metadata={"help": "CoOp context tokens per dimension"})
+    quality_dim: int = field(default=64, metadata={"help": "Q, size of the fused quality feature"})
+    head_hidden: tuple[int, ...] = field(
+        default=(32,), metadata={"help": "hidden sizes of each dimension's generated head psi"}
+    )
+    hyper_trunk: int = field(default=128, metadata={"help": "width of the hypernetwork pi"})
+    dimensions: tuple[str, ...] = field(default=DIMENSIONS, metadata={"help": "output dimensions"})
+    dimension_prompts: tuple[str, ...] = field(
+        default=("alignment quality", "geometry quality", "texture quality", "overall quality"),
+        metadata={"help": "text after the context tokens, one per dimension (MATE-3D's)"},
+    )
+    text_encoder: str = field(default="minilm", metadata={"help": "frozen text encoder backend"})
+    fallback_score: float = field(
+        default=0.0, metadata={"help": "score given to items that cannot be rendered (never NaN)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8 or self.image_size % 8:
+            raise ValueError(
+                f"EvaluatorModelConfig.image_size must be a positive multiple of 8, got {self.image_size}"
+            )
+        for name in ("render_size", "n_views", "dim", "n_ctx", "quality_dim", "hyper_trunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvaluatorModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        self.cnn_widths = tuple(self.cnn_widths)
+        self.head_hidden = tuple(self.head_hidden)
+        self.dimensions = tuple(self.dimensions)
+        self.dimension_prompts = tuple(self.dimension_prompts)
+        _check_dims(self.dimensions, self.dimension_prompts, "EvaluatorModelConfig")
+        if any(w % 8 or w < 8 for w in self.cnn_widths):
+            raise ValueError(f"EvaluatorModelConfig.cnn_widths must be multiples of 8, got {self.cnn_widths}")
+
+
+@dataclass
+class CLIPHyperScoreConfig:
+    """Architecture of the real HyperScore backend on CLIP ViT-B/16 (``hyperscore-clip``).
+
+    Sizes follow HyperScore's released model: CLIP features 512-d, ``fc_quality`` 512→224,
+    ``fc_condition`` 512→112·7·7 feeding a HyperIQA-style hypernetwork with target layers
+    224→112→56→28→14→1.
+    """
+
+    clip_path: str = field(default="", metadata={"help": "local CLIPModel folder (ViT-B/16)"})
+    checkpoint: str = field(default="", metadata={"help": "converted HyperScore safetensors (optional)"})
+    image_size: int = field(default=224, metadata={"help": "view size fed to CLIP (px)"})
+    n_views: int = field(default=6, metadata={"help": "views per mesh"})
+    n_ctx: int = field(default=12, metadata={"help": "CoOp context tokens per dimension (HyperScore: 12)"})
+    hyper_in_channels: int = field(default=112, metadata={"help": "hypernetwork feature channels"})
+    feature_size: int = field(default=7, metadata={"help": "hypernetwork feature map side"})
+    target_sizes: tuple[int, int, int, int, int] = field(
+        default=(224, 112, 56, 28, 14), metadata={"help": "target net: input size, fc1..fc4 sizes"}
+    )
+    dimensions: tuple[str, ...] = field(default=DIMENSIONS, metadata={"help": "output dimensions"})
+    dimension_prompts: tuple[str, ...] = field(
+        default=("alignment quality", "geometry quality", "texture quality", "overall quality"),
+        metadata={"help": "class names after the context tokens"},
+    )
+    fallback_score: float = field(default=0.0, metadata={"help": "score for unrenderable items"})
+
+    def __post_init__(self) -> None:
+        self.target_sizes = tuple(self.target_sizes)
+        self.dimensions = tuple(self.dimensions)
+        self.dimension_prompts = tuple(self.dimension_prompts)
+        _check_dims(self.dimensions, self.dimension_prompts, "CLIPHyperScoreConfig")
+        fs2 = self.feature_size**2
+        sizes = self.target_sizes
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+            if (a * b) % fs2:
+                raise ValueError(
+                    f"CLIPHyperScoreConfig.target_sizes: {a}*{b} must be divisible by feature_size^2={fs2}"
+                )

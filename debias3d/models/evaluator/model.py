@@ -1,0 +1,450 @@
+"""The HyperScore-style quality evaluator: ``q̂_i = ψ(F(x, t) | π(f_c^i))`` (MATE-3D Eq. 4).
+
+Two backends share :class:`HyperScoreBase` (scoring API, view cache, bad-input handling):
+
+* :class:`ShapeWorldHyperScore` (registry name ``shapeworld-hyperscore``, the embedded default):
+  a small CNN over the 6 MATE-3D views (48 px), trained from scratch on ShapeWorld ratings, with
+  the frozen all-MiniLM-L6-v2 text encoder. Weights ship in ``debias3d/assets/evaluator/``.
+* :class:`debias3d.models.evaluator.clip.CLIPHyperScore` (``hyperscore-clip``): the same head on
+  CLIP ViT-B/16, loading a converted HyperScore checkpoint.
+
+The audit back-propagates scores to the prompt's token embeddings (Eq. 3, ``e'_i = Σ|∂q/∂e_i|``),
+so :meth:`HyperScoreBase.score_from_embeddings` takes ``inputs_embeds`` as a leaf tensor:
+
+>>> ev = ShapeWorldHyperScore.from_pretrained()                     # doctest: +SKIP
+>>> views = ev.prepare_views(assets)             # rendered once, cached   # doctest: +SKIP
+>>> enc = ev.tokenize([a.prompt for a in assets])                   # doctest: +SKIP
+>>> emb = ev.embed_tokens(enc["input_ids"]).detach().requires_grad_()  # doctest: +SKIP
+>>> q = ev.score_from_embeddings(views, emb, enc["attention_mask"])  # (B, 4)  # doctest: +SKIP
+>>> q[:, 3].sum().backward(); emb.grad.abs().sum(-1)                # (B, T)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from debias3d.models.evaluator.config import EvaluatorModelConfig
+from debias3d.models.evaluator.layers import (
+    ConvViewEncoder,
+    HyperHead,
+    PromptLearner,
+    condition_weighted_fusion,
+    masked_mean,
+    target_mlp,
+)
+from debias3d.models.evaluator.views import ItemError, ViewBatch, ViewCache
+
+__all__ = ["EvaluationResult", "HyperScoreBase", "ShapeWorldHyperScore", "default_weights_dir"]
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def default_weights_dir() -> Path:
+    """``debias3d/assets/evaluator/`` — where the shipped embedded weights live."""
+    return Path(__file__).resolve().parents[2] / "assets" / "evaluator"
+
+
+@dataclass
+class EvaluationResult:
+    """Scores of a batch plus what went wrong.
+
+    Attributes:
+        scores: ``(B, K)`` float32, never NaN (invalid items hold the fallback score).
+        valid: ``(B,)`` bool.
+        errors: one :class:`ItemError` per invalid item, naming it.
+        dimensions: column names of ``scores``.
+    """
+
+    scores: Tensor
+    valid: Tensor
+    errors: list[ItemError] = field(default_factory=list)
+    dimensions: tuple[str, ...] = ()
+
+    def as_dicts(self) -> list[dict[str, float]]:
+        """One ``{dimension: score}`` per item."""
+        return [dict(zip(self.dimensions, map(float, row), strict=True)) for row in self.scores]
+
+
+class HyperScoreBase(nn.Module):
+    """Shared scoring API. Subclasses provide the view encoder and the text side.
+
+    Subclass contract:
+        * ``self.config`` with ``dimensions``, ``image_size``, ``n_views``, ``fallback_score``;
+        * ``self.text_encoder`` with ``tokenize``, ``embed_tokens`` and ``forward_embeds``;
+        * :meth:`forward` ``(views (B, V, 3, H, W), text_features (B, T, Dt), mask (B, T)) -> (B, K)``.
+    """
+
+    config: Any
+    text_encoder: Any
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_errors: list[ItemError] = []
+        self._view_cache: ViewCache | None = None
+
+    # ---------------------------------------------------------------- views
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        return tuple(self.config.dimensions)
+
+    @property
+    def view_cache(self) -> ViewCache:
+        """The model's render cache (MATE-3D rig at ``config.render_size``; resized in ``forward``)."""
+        if self._view_cache is None:
+            size = getattr(self.config, "render_size", self.config.image_size)
+            self._view_cache = ViewCache(image_size=size)
+        return self._view_cache
+
+    @view_cache.setter
+    def view_cache(self, cache: ViewCache) -> None:
+        self._view_cache = cache
+
+    def prepare_views(self, assets: Sequence[Any]) -> ViewBatch:
+        """Render (or fetch from the cache) the views of ``assets`` / meshes / mesh paths.
+
+        Returns:
+            :class:`ViewBatch` — ``views`` ``(B, V, 3, H, W)``, ``valid`` ``(B,)``, ``errors``.
+        """
+        return self.view_cache.get(list(assets))
+
+    def _as_view_batch(self, views_or_assets: Any) -> ViewBatch:
+        if isinstance(views_or_assets, ViewBatch):
+            return views_or_assets
+        if isinstance(views_or_assets, Tensor):
+            return ViewBatch.from_tensor(views_or_assets)
+        return self.prepare_views(views_or_assets)
+
+    def _fit_views(self, views: Tensor) -> Tensor:
+        size = self.config.image_size
+        if views.shape[-1] != size or views.shape[-2] != size:
+            b, v = views.shape[:2]
+            flat = F.interpolate(
+                views.flatten(0, 1), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+            views = flat.view(b, v, 3, size, size)
+        return views
+
+    # ---------------------------------------------------------------- text passthrough
+    def tokenize(self, prompts: Sequence[str]) -> Any:
+        """The text encoder's tokenizer: ``input_ids``, ``attention_mask`` (B, T), ``offset_mapping``."""
+        return self.text_encoder.tokenize(list(prompts))
+
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        """``(B, T)`` ids → ``(B, T, E)`` input embeddings of the frozen text encoder."""
+        return self.text_encoder.embed_tokens(input_ids)
+
+    # ---------------------------------------------------------------- scoring
+    def score_from_embeddings(
+        self, views_or_assets: Any, inputs_embeds: Tensor, attention_mask: Tensor
+    ) -> Tensor:
+        """Scores from prompt token embeddings; differentiable w.r.t. ``inputs_embeds``.
+
+        Args:
+            views_or_assets: a :class:`ViewBatch` from :meth:`prepare_views`, a ``(B, V, 3, H, W)``
+                tensor in ``[0, 1]``, or assets / meshes (rendered through the cache).
+            inputs_embeds: ``(B, T, E)``, usually a leaf with ``requires_grad=True``.
+            attention_mask: ``(B, T)`` (1 for real tokens).
+
+        Returns:
+            ``(B, K)`` scores in column order ``self.dimensions``; items whose mesh could not be
+            rendered hold ``config.fallback_score`` (zero gradient), errors in ``self.last_errors``.
+        """
+        vb = self._as_view_batch(views_or_assets)
+        if len(vb) != inputs_embeds.shape[0]:
+            raise ValueError(f"{len(vb)} view sets but {inputs_embeds.shape[0]} prompts")
+        self.last_errors = list(vb.errors)
+        device = inputs_embeds.device
+        mask = attention_mask.to(device)
+        text = self.text_encoder.forward_embeds(inputs_embeds, mask)
+        scores = self(vb.views.to(device), text, mask.bool())
+        keep = vb.valid.to(device)[:, None] & torch.isfinite(scores)
+        return torch.where(keep, scores, torch.full_like(scores, float(self.config.fallback_score)))
+
+    @torch.no_grad()
+    def score(self, assets_or_views: Any, prompts: Sequence[str]) -> Tensor:
+        """Scores ``(B, K)`` of assets (or views) against their prompts, no gradient.
+
+        Per-item problems are logged and kept in ``self.last_errors``; see :meth:`evaluate`.
+        """
+        enc = self.tokenize(prompts)
+        emb = self.embed_tokens(enc["input_ids"])
+        return self.score_from_embeddings(assets_or_views, emb, enc["attention_mask"]).detach()
+
+    @torch.no_grad()
+    def evaluate(
+        self, assets: Sequence[Any], prompts: Sequence[str] | None = None, batch_size: int = 32
+    ) -> EvaluationResult:
+        """Score many assets in batches; returns scores, a validity mask and per-item errors.
+
+        Args:
+            assets: ``N`` assets (their ``.prompt`` is used when ``prompts`` is None) or meshes.
+            prompts: ``N`` prompts.
+            batch_size: items per forward pass.
+        """
+        assets = list(assets)
+        if prompts is None:
+            prompts = [a.prompt for a in assets]
+        if len(prompts) != len(assets):
+            raise ValueError(f"{len(assets)} assets but {len(prompts)} prompts")
+        scores, valid, errors = [], [], []
+        for s in range(0, len(assets), batch_size):
+            vb = self.prepare_views(assets[s : s + batch_size])
+            scores.append(self.score(vb, prompts[s : s + batch_size]))
+            valid.append(vb.valid)
+            errors += [ItemError(e.index + s, e.name, e.message) for e in vb.errors]
+        k = len(self.dimensions)
+        return EvaluationResult(
+            torch.cat(scores) if scores else torch.zeros(0, k),
+            torch.cat(valid) if valid else torch.zeros(0, dtype=torch.bool),
+            errors,
+            self.dimensions,
+        )
+
+    # ---------------------------------------------------------------- persistence
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """State without the frozen text encoder (it ships separately)."""
+        return {
+            k: v.detach().contiguous()
+            for k, v in self.state_dict().items()
+            if not k.startswith("text_encoder.")
+        }
+
+    def save_pretrained(self, out_dir: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``model.safetensors`` (no text encoder) and ``config.json`` to ``out_dir``."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(self.trainable_state_dict(), str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        cfg = dataclasses.asdict(self.config)
+        (out / CONFIG_NAME).write_text(json.dumps({"config": cfg, **(metadata or {})}, indent=2))
+        return out
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load ``model.safetensors`` written by :meth:`save_pretrained` (strict except the encoder)."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("text_encoder.")]
+        if missing or unexpected:
+            raise ValueError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        self._clear_condition_cache()
+
+    def _clear_condition_cache(self) -> None:
+        pass
+
+    def train(self, mode: bool = True) -> HyperScoreBase:
+        super().train(mode)
+        self._clear_condition_cache()
+        return self
+
+
+class ShapeWorldHyperScore(HyperScoreBase):
+    """Embedded HyperScore-style evaluator (registry: ``evaluator`` / ``shapeworld-hyperscore``).
+
+    Pipeline (shapes for ``B`` meshes, ``V = 6`` views, ``T`` prompt tokens, ``K = 4`` dimensions):
+
+    1. views ``(B, V, 3, 48, 48)`` → :class:`ConvViewEncoder` → tokens ``(B, N = V·37, D)``;
+    2. frozen MiniLM token features ``(B, T, 384)`` → ``text_proj`` → tokens ``(B, T, D)``;
+    3. condition features ``f_c`` ``(K, 384)`` from :class:`PromptLearner` + frozen MiniLM;
+    4. ``F``: HyperScore's condition-weighted patch pooling ``(B, K, D)``
+       (:func:`condition_weighted_fusion`) times the pooled prompt ``t̄``, plus word-level grounding
+       (:meth:`word_grounding`), colour agreement (:meth:`colour_agreement`) and the mean view
+       token → ``fc_quality`` ``(B, K, Q)``;
+    5. ``π(f_c^i)`` generates head ``ψ_i``; ``q̂_i = ψ_i(F_i)`` → ``(B, K)``.
+
+    Args:
+        config: architecture; defaults to :class:`EvaluatorModelConfig`.
+        text_encoder: a frozen :class:`debias3d.models.text_encoder.TextEncoder`; default MiniLM.
+    """
+
+    def __init__(self, config: EvaluatorModelConfig | None = None, text_encoder: Any = None) -> None:
+        super().__init__()
+        self.config = config = config or EvaluatorModelConfig()
+        if text_encoder is None:
+            from debias3d.registry import build
+
+            text_encoder = build("text_encoder", config.text_encoder)
+        self.text_encoder = text_encoder
+        dt = int(text_encoder.dim)
+        self.view_encoder = ConvViewEncoder(config.dim, config.n_views, config.image_size, config.cnn_widths)
+        self.text_proj = nn.Sequential(
+            nn.LayerNorm(dt), nn.Linear(dt, config.dim), nn.GELU(), nn.Linear(config.dim, config.dim)
+        )
+        enc = text_encoder.tokenize(list(config.dimension_prompts))
+        with torch.no_grad():
+            name_embeds = text_encoder.embed_tokens(enc["input_ids"]).float().cpu()
+        self.prompt_learner = PromptLearner(name_embeds, enc["attention_mask"].cpu(), config.n_ctx)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+        d = config.dim
+        self.word_q, self.word_k, self.word_v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.word_match = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Linear(d, d))
+        self.word_gate = nn.Linear(d, len(config.dimensions))
+        self.colour_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 3))
+        n_col, n_stats = ConvViewEncoder.N_COLOURS, ConvViewEncoder.N_STATS
+        self.palette_head = nn.Linear(d, n_col)
+        n_feat = 13 + 2 * n_col + 3 * n_stats + d
+        self.colour_feat = nn.Sequential(
+            nn.LayerNorm(n_feat), nn.Linear(n_feat, d), nn.GELU(), nn.Linear(d, d)
+        )
+        self.fc_quality = nn.Sequential(nn.Linear(5 * d, config.quality_dim), nn.GELU())
+        self.hyper = HyperHead(dt, config.quality_dim, config.head_hidden, config.hyper_trunk)
+        self._cond_cache: Tensor | None = None
+
+    # -------------------------------------------------------------- pieces
+    def _clear_condition_cache(self) -> None:
+        self._cond_cache = None
+
+    def condition_features(self) -> Tensor:
+        """``f_c`` ``(K, Dt)``: CoOp context + dimension name through the frozen encoder, pooled.
+
+        Constant at inference, so it is cached in eval mode (cleared by ``train()`` / loading).
+        """
+        if not self.training and self._cond_cache is not None:
+            return self._cond_cache
+        emb, mask = self.prompt_learner()
+        with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
+            feats = masked_mean(self.text_encoder.forward_embeds(emb, mask.long()), mask)
+        if not self.training:
+            self._cond_cache = feats.detach()
+        return feats
+
+    def word_grounding(self, patches: Tensor, tokens: Tensor, mask: Tensor, cond: Tensor) -> Tensor:
+        """Per-word evidence pooled per dimension, ``(B, K, D)``.
+
+        Each prompt token attends over the view tokens (``seen_t``), a small MLP compares the word
+        with what it saw (``m_t = MLP([tok_t ⊙ seen_t, tok_t, seen_t])``), and each dimension pools
+        the words with its own softmax gate over real tokens (a learned per-token logit plus the
+        token's similarity to the condition feature ``f_c^i``). Alignment is a share of words
+        shown, so this is the inductive bias that lets it generalise to unseen prompts — and it
+        keeps the gradient to each word's embedding direct, which the audit reads.
+        """
+        d = tokens.shape[-1]
+        att = torch.einsum("btd,bnd->btn", self.word_q(tokens), self.word_k(patches)) / d**0.5
+        seen = torch.einsum("btn,bnd->btd", att.softmax(-1), self.word_v(patches))
+        match = self.word_match(torch.cat([tokens * seen, tokens, seen], dim=-1))  # (B, T, D)
+        sim = torch.einsum("btd,kd->bkt", F.normalize(tokens, dim=-1), F.normalize(cond, dim=-1))
+        logits = self.word_gate(tokens).transpose(1, 2) + sim * self.logit_scale.exp()
+        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+        return torch.einsum("bkt,btd->bkd", logits.softmax(-1), match)
+
+    def colour_agreement(self, stats: Tensor, t_bar: Tensor) -> Tensor:
+        """Colour and shape evidence ``(B, 1, D)`` from the fixed view statistics and the prompt.
+
+        ``ĉ = sigmoid(MLP(t̄))`` is the colour the prompt asks for and ``p = sigmoid(Linear(t̄))``
+        its palette over the named colours (a colour word, or the noun's usual colour); each view's
+        foreground mean colour is compared with ``ĉ`` (distance mean / min / max over views) and its
+        colour histogram with ``p`` (agreement mean / min / max), next to the colour spread and the
+        distance to the nearest named colour (noise). The silhouette statistics (components,
+        extent, bands; mean / min / max over views) and ``t̄`` (how many parts the prompt expects)
+        join them. Texture is colour agreement and geometry is connectedness, and this path lets a
+        small model learn both from a few thousand shapes.
+
+        Args:
+            stats: ``(B, V, N_STATS)`` from :meth:`ConvViewEncoder.view_stats`.
+            t_bar: ``(B, D)`` pooled prompt features.
+        """
+        enc = self.view_encoder
+        expected = torch.sigmoid(self.colour_head(t_bar))  # (B, 3)
+        palette = torch.sigmoid(self.palette_head(t_bar))  # (B, C)
+        dist = (stats[..., 1:4] - expected[:, None]).norm(dim=-1)  # (B, V)
+        hist = stats[..., enc.HIST]  # (B, V, C)
+        agree = (hist * palette[:, None]).sum(-1)  # (B, V)
+        spread = stats[..., 4:7].mean(1)  # (B, 3)
+        resid = stats[..., enc.RESID].mean(1, keepdim=True)  # (B, 1)
+        feats = torch.cat(
+            [
+                dist.mean(1, keepdim=True),
+                dist.amin(1, keepdim=True),
+                dist.amax(1, keepdim=True),
+                agree.mean(1, keepdim=True),
+                agree.amin(1, keepdim=True),
+                agree.amax(1, keepdim=True),
+                spread,
+                resid,
+                expected,
+                palette,
+                hist.mean(1),
+                stats.mean(1),
+                stats.amin(1),
+                stats.amax(1),
+                t_bar,
+            ],
+            1,
+        )
+        return self.colour_feat(feats)[:, None]
+
+    def forward(
+        self, views: Tensor, text_features: Tensor, mask: Tensor, stats: Tensor | None = None
+    ) -> Tensor:
+        """``views`` ``(B, V, 3, H, W)`` in [0, 1], ``text_features`` ``(B, T, Dt)``, ``mask`` ``(B, T)``
+        bool → scores ``(B, K)``.
+
+        ``stats`` ``(B, V, N_STATS)``: the fixed :meth:`ConvViewEncoder.view_stats` of the views at
+        render size, when the caller has them precomputed (training); else computed here, before
+        the views are resized for the CNN.
+        """
+        mask = mask.bool()
+        b, v = views.shape[:2]
+        if stats is None:
+            stats = self.view_encoder.view_stats(views.flatten(0, 1))  # at render size, (B·V, S)
+        stats = stats.reshape(b * v, -1).to(views.dtype)
+        views = self._fit_views(views)
+        patches = self.view_encoder(views, stats)  # (B, N, D)
+        tokens = self.text_proj(text_features)  # (B, T, D)
+        cond_raw = self.condition_features()  # (K, Dt)
+        cond = self.text_proj(cond_raw)  # (K, D)
+        fused = condition_weighted_fusion(patches, tokens, mask, cond, self.logit_scale)  # (B, K, D)
+        t_bar = masked_mean(tokens, mask)[:, None]  # (B, 1, D)
+        words = self.word_grounding(patches, tokens, mask, cond)  # (B, K, D)
+        g = patches.mean(1, keepdim=True).expand_as(fused)  # uniform pooling, (B, K, D)
+        colour = self.colour_agreement(stats.view(b, v, -1), t_bar[:, 0]).expand_as(fused)  # (B, K, D)
+        q = self.fc_quality(torch.cat([fused * t_bar, fused, words, g, colour], dim=-1))  # (B, K, Q)
+        return target_mlp(q, self.hyper(cond_raw))
+
+    # -------------------------------------------------------------- persistence
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike | None = None, text_encoder: Any = None, device: str = "cpu"
+    ) -> ShapeWorldHyperScore:
+        """Load weights written by :meth:`save_pretrained` (default: the shipped ones).
+
+        Args:
+            path: a folder with ``config.json`` + ``model.safetensors``, or the safetensors file.
+            text_encoder: reuse an already-loaded text encoder.
+            device: torch device.
+        """
+        from debias3d.config import from_dict
+
+        p = Path(path) if path is not None else default_weights_dir()
+        folder = p if p.is_dir() else p.parent
+        weights = folder / WEIGHTS_NAME if p.is_dir() else p
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"evaluator weights {weights} not found; train them with "
+                "`debias3d world train-evaluator --out DIR` and pass DIR"
+            )
+        cfg_file = folder / CONFIG_NAME
+        cfg = EvaluatorModelConfig()
+        if cfg_file.is_file():
+            cfg = from_dict(
+                EvaluatorModelConfig, json.loads(cfg_file.read_text())["config"], source=str(cfg_file)
+            )
+        model = cls(cfg, text_encoder=text_encoder)
+        model.load_weights(weights)
+        return model.to(device).eval()

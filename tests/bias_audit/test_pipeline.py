@@ -1,0 +1,177 @@
+"""End to end: output contract, bad inputs, resume, determinism, HTML escaping, heatmap re-export."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from audit_helpers import BoxGenerator
+
+from debias3d.bias_audit.config import AttributionConfig, AuditConfig
+from debias3d.bias_audit.pipeline import run_audit
+
+PROMPTS = [
+    "a red vase with a long neck",
+    "two small blue cups",
+    "a spiky tree <script>alert(1)</script>",
+    "a broken lamp",  # every sample has an empty mesh
+    "explode now",  # the generator raises
+]
+DIMS = ("alignment", "geometry", "texture", "overall")
+
+
+def _cfg(**kw):
+    att = AttributionConfig(methods=("grad", "integrated_gradients"), n_steps=4, batch_size=2)
+    return AuditConfig(samples=2, attribution=att, **kw)
+
+
+@pytest.fixture(scope="module")
+def audit(tmp_path_factory, evaluator):
+    out = tmp_path_factory.mktemp("audit")
+    f = out.parent / "prompts.txt"
+    f.write_text("\n".join(PROMPTS) + "\n\n" + PROMPTS[0] + "\n")  # a blank line and a duplicate
+    summary = run_audit(f, _cfg(), out, generator=BoxGenerator(), evaluator=evaluator)
+    return out, summary, f
+
+
+def test_output_contract(audit):
+    out, summary, _ = audit
+    for name in (
+        "summary.json",
+        "timings.json",
+        "prompts.parquet",
+        "words.parquet",
+        "samples.parquet",
+        "report.html",
+    ):
+        assert (out / name).is_file(), name
+    p = pd.read_parquet(out / "prompts.parquet")
+    expected = [
+        "prompt_id",
+        "prompt",
+        "category",
+        *[f"q_l_{d}" for d in DIMS],
+        *[f"spread_{d}" for d in DIMS],
+        "w_h",
+        "w_l",
+        "truncated",
+    ]
+    assert list(p.columns) == expected
+    assert len(p) == 3
+    w = pd.read_parquet(out / "words.parquet")
+    assert list(w.columns) == [
+        "prompt_id",
+        "word",
+        "word_index",
+        "attr_grad",
+        "attr_integrated_gradients",
+        "is_stop",
+    ]
+    assert set(w["prompt_id"]) == set(p["prompt_id"])
+    assert "<script>" not in set(w["word"]) and "script" in set(w["word"])
+    s = pd.read_parquet(out / "samples.parquet")
+    assert list(s.columns)[:4] == ["prompt_id", "sample", "seed", "mesh"]
+    assert s["sample"].dtype == "int64" and len(s) == 6
+    for mesh in s["mesh"]:
+        assert mesh.endswith(".glb") and (out / mesh).is_file()
+    assert (out / "heatmaps" / "heatmaps.json").is_file()
+    for pid in p["prompt_id"]:
+        assert (out / "heatmaps" / f"{pid}.png").is_file() and (out / "heatmaps" / f"{pid}.svg").is_file()
+    assert set(summary["q_g"]) == set(DIMS)
+    assert summary["faithfulness"]["grad"]["n_prompts"] >= 1
+    assert "timings" not in summary
+    # w_l is never a stop word; w_h is the largest word
+    for r in p.itertuples():
+        ws = w[w.prompt_id == r.prompt_id]
+        assert r.w_h == ws.loc[ws["attr_grad"].abs().idxmax(), "word"]
+        assert not ws[ws.word == r.w_l]["is_stop"].any()
+
+
+def test_bad_inputs_are_one_line_issues(audit):
+    _, summary, _ = audit
+    issues = summary["issues"]
+    assert all("\n" not in i for i in issues)
+    text = " | ".join(issues)
+    assert "blank" in text and "duplicate" in text
+    assert "cannot generate this prompt" in text
+    assert "a broken lamp" in text and "no faces" in text
+
+
+def test_report_escapes_prompts(audit):
+    out, _, _ = audit
+    html = (out / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "data:image/png;base64," in html
+    for section in ("Per category", "Faithfulness", "Ground truth", "View contradictions"):
+        assert section in html
+
+
+def test_resume_skips_done_and_same_config_gives_identical_summary(audit, evaluator, tmp_path):
+    out, _, f = audit
+    before = (out / "summary.json").read_text()
+    gen = BoxGenerator()
+    run_audit(f, _cfg(), out, resume=True, generator=gen, evaluator=evaluator)
+    # only the two prompts that never finish are tried again
+    assert gen.calls <= 3
+    assert (out / "summary.json").read_text() == before
+    # from scratch in another folder: identical summary too
+    run_audit(f, _cfg(), tmp_path, generator=BoxGenerator(), evaluator=evaluator)
+    a, b = json.loads(before), json.loads((tmp_path / "summary.json").read_text())
+    assert a == b
+
+
+def test_heatmap_command_reexports(audit, tmp_path):
+    from debias3d.bias_audit.cli import heatmap_command
+
+    out, _, _ = audit
+    for fmt in ("png", "svg", "html", "json"):
+        files = heatmap_command(out, fmt, out=tmp_path / fmt)
+        assert files and all(p.is_file() for p in files)
+    assert "&lt;script&gt;" in (tmp_path / "html" / "heatmaps.html").read_text()
+    with pytest.raises(ValueError, match="format"):
+        heatmap_command(out, "gif")
+    with pytest.raises(FileNotFoundError):
+        heatmap_command(tmp_path, "png")
+
+
+def test_ground_truth_and_view_contradictions(evaluator, tmp_path):
+    from test_prompt_debias import VOCAB  # noqa: F401
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    from debias3d.bias_audit.prompt_debias import ViewContradictionAuditor
+
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    tok = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    mlm = BertForMaskedLM(
+        BertConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    )
+    prompts = ["a red vase", "a tall blue vase", "a spiky green tree", "a small yellow cup"]
+    cfg = _cfg(heatmaps=False)
+    cfg.attribution.methods = ("grad",)
+    out = tmp_path / "gt"
+    s = run_audit(
+        prompts,
+        cfg,
+        out,
+        generator=BoxGenerator(use_shapeworld=True),
+        evaluator=evaluator,
+        view_auditor=ViewContradictionAuditor(mlm, tok),
+    )
+    gt = s["ground_truth"]
+    assert gt is not None and gt["n_words"] >= 4
+    assert set(gt["lowest_fidelity"]) <= {r["word"] for r in gt["per_word"]}
+    # built by the ShapeWorld builder itself: every colour word is shown
+    assert all(
+        r["fidelity"] == 1.0 for r in gt["per_word"] if r["word"] in ("red", "blue", "green", "yellow")
+    )
+    vc = json.loads((out / "view_contradictions.json").read_text())
+    assert len(vc) == 4 and vc[0]["views"] == ["front", "back", "side", "top"]
+    assert s["view_contradictions"]["n_prompts"] == 4

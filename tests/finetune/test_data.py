@@ -1,0 +1,96 @@
+"""Bad inputs: missing / empty datasets, broken pairs (skipped and counted), replay share, CLI errors."""
+
+from __future__ import annotations
+
+import ft_helpers as helpers
+import pytest
+
+from debias3d.config import ConfigError, load_config
+from debias3d.finetune.config import DataSettings, FinetuneConfig
+from debias3d.finetune.data import DataError, build_training_set, check_mesh_file
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+    with pytest.raises(DataError) as e:
+        build_training_set(DataSettings(pairs=str(tmp_path / "nope")))
+    assert "not found" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_empty_dataset_is_one_line(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_dict({"prompt": [], "occupancy": [], "colors": []}).save_to_disk(str(tmp_path / "pairs"))
+    with pytest.raises(DataError, match="is empty"):
+        build_training_set(DataSettings(pairs=str(tmp_path / "pairs")))
+
+
+def test_broken_pairs_are_skipped_and_counted(tiny_world):
+    ts = build_training_set(
+        DataSettings(pairs=str(tiny_world["pairs"]), replay_share=0.0), resolution=helpers.RES
+    )
+    assert ts.stats["skipped"] == {"bad_voxels": 1, "broken_mesh": 1, "missing_mesh": 1}
+    assert ts.stats["pairs_used"] == len(ts) == 5
+    assert ts.occupancy.shape == (5, helpers.RES, helpers.RES, helpers.RES)
+
+
+def test_all_pairs_broken_is_an_error(tmp_path):
+    pairs = helpers.write_pairs(tmp_path, n=2, broken={0: "missing", 1: "garbage"})
+    with pytest.raises(DataError, match="no usable pairs"):
+        build_training_set(DataSettings(pairs=str(pairs)))
+
+
+def test_wrong_resolution_is_bad_voxels(tiny_world):
+    with pytest.raises(DataError, match="no usable pairs"):
+        build_training_set(DataSettings(pairs=str(tiny_world["pairs"])), resolution=16)
+
+
+@pytest.mark.parametrize("share,expected", [(0.0, 0), (0.3, 2), (0.5, 5), (0.75, 15)])
+def test_replay_share(tiny_world, share, expected):
+    ds = DataSettings(pairs=str(tiny_world["pairs"]), corpus=str(tiny_world["corpus"]), replay_share=share)
+    ts = build_training_set(ds)
+    assert ts.stats["replay"] == expected == ts.sources.count("replay")
+
+
+def test_glb_header_check(tmp_path):
+    good = helpers.write_glb(tmp_path / "a.glb", None)
+    assert check_mesh_file(good) is None
+    trunc = tmp_path / "b.glb"
+    trunc.write_bytes(good.read_bytes()[:-7])
+    assert check_mesh_file(trunc) == "broken_mesh"
+    assert check_mesh_file(tmp_path / "c.glb") == "missing_mesh"
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("lora.rank=0", "rank"),
+        ("data.replay_share=1.0", "replay_share"),
+        ("train.lr_scheduler=step", "lr_scheduler"),
+        ("train.p_uncond=1.5", "p_uncond"),
+        ("generator=dreamfusion", "generator"),
+        ("lora.targets=[to_q]", "unknown key"),
+        ("train.stage_weights={stag1: 1.0}", "stage_weights"),
+    ],
+)
+def test_bad_config_values(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(FinetuneConfig, "configs/shapeworld/finetune.yaml", [override])
+
+
+@pytest.mark.parametrize("path", ["configs/shapeworld/finetune.yaml", "configs/trellis/finetune.yaml"])
+def test_shipped_configs_load(path):
+    cfg = load_config(FinetuneConfig, path)
+    assert set(cfg.lora.target_modules) == {"to_qkv", "to_q", "to_kv", "to_out"}
+
+
+def test_main_reports_one_line_errors(tmp_path, capsys, tiny_world):
+    from debias3d.finetune.__main__ import main
+
+    rc = main(["--out", str(tmp_path / "o"), f"data.pairs={tmp_path / 'missing'}",
+               f"generator_path={tiny_world['base']}"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and err.startswith("error:") and "not found" in err
+    rc = main(["--out", str(tmp_path / "o"), f"data.pairs={tiny_world['pairs']}", "data.replay_share=0",
+               f"generator_path={tiny_world['base']}", "lora.target_modules=[q_proj]"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and "match no module" in err and "to_qkv" in err

@@ -1,0 +1,247 @@
+"""Evaluator model: shapes, gradients w.r.t. token embeddings, caching, persistence, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from debias3d.models.evaluator.config import EvaluatorModelConfig
+from debias3d.models.evaluator.model import ShapeWorldHyperScore
+from debias3d.models.evaluator.views import ViewBatch, ViewCache, mesh_key
+
+TINY = EvaluatorModelConfig(
+    image_size=16, dim=16, cnn_widths=(8, 8, 16), n_ctx=2, quality_dim=8, head_hidden=(8,), hyper_trunk=16
+)
+PROMPTS = ["a red vase with a long neck", "two blue cups", "a tall green tree next to a box"]
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    from debias3d.models.text_encoder import MiniLMTextEncoder
+
+    return MiniLMTextEncoder()
+
+
+@pytest.fixture(scope="module")
+def model(text_encoder):
+    torch.manual_seed(0)
+    return ShapeWorldHyperScore(TINY, text_encoder=text_encoder).eval()
+
+
+class CountingRenderer:
+    """Stand-in renderer: a colour per call, counts calls."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self.calls = 0
+
+    def render(self, mesh, rig):
+        self.calls += 1
+        img = np.full((len(rig), self.size, self.size, 3), 255, np.uint8)
+        img[:, 4:12, 4:12] = (np.asarray(mesh.vertices).mean(0) * 50 + 100).astype(np.uint8)
+        return img
+
+
+def coloured_box(shift: float = 0.0) -> trimesh.Trimesh:
+    m = trimesh.creation.box(extents=(1.0, 0.5 + shift, 1.5))
+    m.visual.vertex_colors = np.tile([200, 30, 30, 255], (len(m.vertices), 1))
+    return m
+
+
+def _inputs(model, prompts):
+    enc = model.tokenize(prompts)
+    emb = model.embed_tokens(enc["input_ids"]).detach().requires_grad_(True)
+    return emb, enc["attention_mask"]
+
+
+def test_output_shape_and_dimensions(model):
+    views = torch.rand(3, 6, 3, 16, 16)
+    q = model.score(views, PROMPTS)
+    assert q.shape == (3, 4)
+    assert torch.isfinite(q).all()
+    assert model.dimensions == ("alignment", "geometry", "texture", "overall")
+
+
+def test_views_of_other_size_are_resized(model):
+    q = model.score(torch.rand(2, 6, 3, 24, 24), PROMPTS[:2])
+    assert q.shape == (2, 4)
+
+
+@pytest.mark.parametrize("dim", [0, 3])
+def test_gradient_reaches_inputs_embeds(model, dim):
+    emb, mask = _inputs(model, PROMPTS)
+    assert emb.is_leaf
+    q = model.score_from_embeddings(torch.rand(3, 6, 3, 16, 16), emb, mask)
+    q[:, dim].sum().backward()
+    g = emb.grad
+    assert g is not None and torch.isfinite(g).all()
+    per_token = g.abs().sum(-1)  # (B, T)
+    assert (per_token[mask.bool()] > 0).all(), "every real token must get some attribution"
+    # a prompt's score depends only on its own tokens
+    emb2, _ = _inputs(model, PROMPTS)
+    model.score_from_embeddings(torch.rand(3, 6, 3, 16, 16), emb2, mask)[0, dim].backward()
+    assert emb2.grad[1:].abs().sum() == 0
+
+
+def test_view_cache_renders_each_mesh_once():
+    r = CountingRenderer()
+    cache = ViewCache(renderer=r, image_size=16)
+    a, b = coloured_box(), coloured_box(0.3)
+    first = cache.get([a, b, a])
+    assert r.calls == 2
+    again = cache.get([b, a])
+    assert r.calls == 2
+    assert torch.equal(again.views[1], first.views[0])
+    # an identical rebuilt mesh hits the cache too (content key)
+    cache.get([coloured_box()])
+    assert r.calls == 2
+    assert mesh_key(a) == mesh_key(coloured_box()) != mesh_key(b)
+
+
+def test_model_prepare_views_uses_cache(model, text_encoder):
+    r = CountingRenderer()
+    model.view_cache = ViewCache(renderer=r, image_size=16)
+    assets = [coloured_box(), coloured_box(0.2)]
+    emb, mask = _inputs(model, PROMPTS[:2])
+    for _ in range(3):
+        model.score_from_embeddings(assets, emb, mask)
+    assert r.calls == 2
+
+
+def test_hypernetwork_heads_differ_per_dimension(model):
+    params = model.hyper(model.condition_features())
+    w0 = params[0][0]  # (K, out, in)
+    assert w0.shape[0] == 4
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.allclose(w0[i], w0[j])
+    views = torch.rand(2, 6, 3, 16, 16)
+    q = model.score(views, PROMPTS[:2])
+    assert not torch.allclose(q[:, 0], q[:, 1])
+
+
+def test_condition_features_get_gradients_in_training(text_encoder):
+    m = ShapeWorldHyperScore(TINY, text_encoder=text_encoder).train()
+    feats = text_encoder.encode(PROMPTS)[0]
+    mask = torch.ones(feats.shape[:2], dtype=torch.bool)
+    m(torch.rand(3, 6, 3, 16, 16), feats, mask).sum().backward()
+    assert m.prompt_learner.ctx.grad is not None and m.prompt_learner.ctx.grad.abs().sum() > 0
+    assert all(p.grad is None for p in text_encoder.parameters())
+
+
+def test_save_load_identical(model, text_encoder, tmp_path):
+    views = torch.rand(3, 6, 3, 16, 16)
+    before = model.score(views, PROMPTS)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
+    loaded = ShapeWorldHyperScore.from_pretrained(tmp_path, text_encoder=text_encoder)
+    assert loaded.config == model.config
+    assert torch.equal(loaded.score(views, PROMPTS), before)
+    keys = set(loaded.trainable_state_dict())
+    assert not any(k.startswith("text_encoder.") for k in keys)
+
+
+def test_missing_weights_error_is_clear(tmp_path, text_encoder):
+    with pytest.raises(FileNotFoundError, match="train-evaluator"):
+        ShapeWorldHyperScore.from_pretrained(tmp_path / "nope", text_encoder=text_encoder)
+
+
+def _bad_meshes():
+    nan = coloured_box()
+    v = np.asarray(nan.vertices).copy()
+    v[0] = np.nan
+    nan = trimesh.Trimesh(v, nan.faces, process=False)
+    flat = trimesh.Trimesh(np.zeros((3, 3)), [[0, 1, 2]], process=False)
+    return {"no faces": trimesh.Trimesh(), "NaN": nan, "degenerate": flat}
+
+
+def test_bad_meshes_get_named_errors_and_finite_scores(model, caplog):
+    from debias3d.data.assets import Asset
+
+    model.view_cache = ViewCache(renderer=CountingRenderer(), image_size=16)
+    bad = _bad_meshes()
+    assets = [Asset("a red box", coloured_box(), metadata={"mesh_id": "good-0"})]
+    assets += [Asset(f"bad {k}", m, metadata={"mesh_id": f"bad-{k}"}) for k, m in bad.items()]
+    emb, mask = _inputs(model, [a.prompt for a in assets])
+    q = model.score_from_embeddings(assets, emb, mask)
+    assert q.shape == (4, 4) and torch.isfinite(q).all()
+    assert [e.index for e in model.last_errors] == [1, 2, 3]
+    msgs = [str(e) for e in model.last_errors]
+    assert "bad-no faces" in msgs[0] and "no faces" in msgs[0]
+    assert "NaN" in msgs[1]
+    assert "degenerate" in msgs[2]
+    assert torch.all(q[1:] == model.config.fallback_score)
+    q.sum().backward()
+    assert torch.isfinite(emb.grad).all() and emb.grad[1:].abs().sum() == 0
+
+    res = model.evaluate(assets, batch_size=2)
+    assert res.valid.tolist() == [True, False, False, False]
+    assert [e.index for e in res.errors] == [1, 2, 3]
+    assert torch.isfinite(res.scores).all()
+    assert set(res.as_dicts()[0]) == set(model.dimensions)
+
+
+def test_nan_views_tensor_is_masked(model):
+    views = torch.rand(2, 6, 3, 16, 16)
+    views[1, 0, 0, 0, 0] = float("nan")
+    vb = ViewBatch.from_tensor(views)
+    assert vb.valid.tolist() == [True, False]
+    q = model.score(views, PROMPTS[:2])
+    assert torch.isfinite(q).all()
+    assert model.last_errors and model.last_errors[0].index == 1
+
+
+def test_view_batch_slicing_renumbers_errors():
+    views = torch.rand(4, 6, 3, 8, 8)
+    views[2] = float("nan")
+    vb = ViewBatch.from_tensor(views)
+    sub = vb[2:]
+    assert len(sub) == 2 and sub.valid.tolist() == [False, True]
+    assert [e.index for e in sub.errors] == [0]
+
+
+def test_registry_names():
+    from debias3d.registry import available, find
+
+    assert "shapeworld-hyperscore" in available("evaluator")
+    assert find("evaluator", "shapeworld-hyperscore") is ShapeWorldHyperScore
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="image_size"):
+        EvaluatorModelConfig(image_size=30)
+    with pytest.raises(ValueError, match="dimension_prompts"):
+        EvaluatorModelConfig(dimensions=("a", "b"))
+
+
+def test_tiny_training_run_writes_log_record_and_weights(tmp_path, text_encoder, monkeypatch):
+    import json
+
+    from debias3d.models.evaluator import train as T
+
+    # reuse the module's text encoder instead of loading MiniLM again
+    monkeypatch.setattr("debias3d.registry.build", lambda kind, name, *a, **k: text_encoder)
+    cfg = T.EvaluatorTrainConfig(
+        model=TINY,
+        data=T.EvaluatorDataConfig(n_prompts=6, variants=2),
+        train=T.TrainSection(folds=2, epochs=1, final_epochs=1, batch_size=4, progress=False, render_size=16),
+    )
+    record = T.train_evaluator(cfg, tmp_path)
+    assert len(record["folds"]) == 2
+    assert set(record["mean_over_folds"]) == set(TINY.dimensions)
+    lines = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert any(r.get("phase") == "final" for r in lines)
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "dataset" / "data.npz").is_file()
+    prompt_index = np.repeat(np.arange(6), 2)
+    folds = T.prompt_folds(prompt_index, 2)
+    assert not set(prompt_index[folds[0]]) & set(prompt_index[folds[1]])  # split by prompt
+
+
+def test_correlations_handle_constant_columns():
+    from debias3d.models.evaluator.train import correlations
+
+    pred = np.c_[np.arange(5.0), np.ones(5)]
+    res = correlations(pred, np.c_[np.arange(5.0), np.arange(5.0)], ("a", "b"))
+    assert res["a"]["srcc"] == pytest.approx(1.0) and res["b"] == {"srcc": 0.0, "plcc": 0.0}
