@@ -94,6 +94,22 @@ class DataSettings:
         default=None,
         metadata={"help": "TRELLIS only: folder of ss_latents/ + latents/ .npz files (see docs/finetune.md)"},
     )
+    metadata: str | None = field(
+        default=None,
+        metadata={"help": "TRELLIS only: metadata CSV (sha256, captions); null = <latents>/metadata.csv"},
+    )
+    ss_latents_model: str | None = field(
+        default=None,
+        metadata={"help": "TRELLIS only: encoder folder under ss_latents/ (null = the only one there)"},
+    )
+    latents_model: str | None = field(
+        default=None,
+        metadata={"help": "TRELLIS only: encoder folder under latents/ (null = the only one there)"},
+    )
+    max_num_voxels: int = field(
+        default=32768,
+        metadata={"help": "TRELLIS only: skip SLat latents with more active voxels (TRELLIS's filter)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the replay draw"})
 
     def __post_init__(self) -> None:
@@ -101,6 +117,8 @@ class DataSettings:
             raise ValueError("DataSettings.pairs must name a dataset folder")
         if not 0.0 <= self.replay_share < 1.0:
             raise ValueError(f"DataSettings.replay_share must be in [0, 1), got {self.replay_share}")
+        if self.max_num_voxels < 1:
+            raise ValueError(f"DataSettings.max_num_voxels must be >= 1, got {self.max_num_voxels}")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise ValueError(f"DataSettings.max_pairs must be >= 1 or null, got {self.max_pairs}")
 

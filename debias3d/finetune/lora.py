@@ -252,6 +252,12 @@ def load_generator(name: str, path: str | None = None, device: str = "cpu") -> A
     cls = find("generator", name)
     if not hasattr(cls, "from_pretrained"):
         raise TypeError(f"generator backend {name!r} has no from_pretrained")
+    if name == "trellis":
+        # TrellisGenerator takes its device through TrellisConfig (it moves the pipeline to CUDA).
+        from debias3d.models.trellis import TrellisConfig
+
+        tcfg = TrellisConfig(device="cuda" if str(device).startswith("cuda") else str(device))
+        return cls.from_pretrained(path, config=tcfg)
     return (
         cls.from_pretrained(path, device=device) if path is not None else cls.from_pretrained(device=device)
     )

@@ -23,7 +23,9 @@ Objective: exactly the pre-training loss, imported from
 ``p_uncond``, velocity MSE; stage 2 masked over active voxels), summed over the adapted stages with
 ``stage_weights``. Noise, t and dropout come from a generator seeded by
 ``(seed, optimizer step, micro-batch, process)``, so a resumed run reproduces the loss curve of an
-uninterrupted one.
+uninterrupted one. With ``generator: trellis`` the rows are TRELLIS latents (``data.latents``) and
+the loss is :class:`~debias3d.finetune.trellis_latents.TrellisLatentLoss` (the same rectified-flow
+maths on TRELLIS's dense stage-1 / sparse stage-2 tensors, CLIP text from the pipeline).
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
 
     from debias3d.config import dump_config
 
-    from .data import build_training_set, check_dataset
+    from .data import DataError, build_training_set, check_dataset
     from .lora import add_lora, flow_container, load_generator, write_adapter_info
 
     tc = cfg.train
@@ -237,12 +239,23 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
     set_seed(tc.seed)
 
     # ---------------------------------------------------------------- data (fails fast, one line)
-    check_dataset(cfg.data.pairs, "pairs")  # before the (slow) generator load
+    trellis = cfg.generator == "trellis"
+    if trellis:
+        from .trellis_latents import TrellisLatentLoss, build_trellis_latent_set
+
+        if cfg.data.latents is None or not Path(cfg.data.latents).is_dir():
+            raise DataError(f"TRELLIS latents folder {cfg.data.latents} not found (see docs/finetune.md)")
+    else:
+        check_dataset(cfg.data.pairs, "pairs")  # before the (slow) generator load
     if generator is None:
         generator = load_generator(cfg.generator, cfg.generator_path, device=str(accelerator.device))
     flows = generator.flow_models
-    resolution = getattr(flows.get("stage1"), "resolution", None)
-    train_set = build_training_set(cfg.data, resolution=resolution)
+    if trellis:
+        # ss_latents/ + latents/ .npz files joined with the metadata captions (trellis_latents.py)
+        train_set = build_trellis_latent_set(cfg.data, cfg.lora.stages, flows)
+    else:
+        resolution = getattr(flows.get("stage1"), "resolution", None)
+        train_set = build_training_set(cfg.data, resolution=resolution)
     if main:
         logger.info(
             "training rows: %d pairs + %d replay (%s skipped)",
@@ -252,13 +265,10 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
         )
 
     # ---------------------------------------------------------------- model: frozen base + LoRA
-    if cfg.generator == "trellis":
-        # The LoRA / accelerate glue is backend-independent; TRELLIS's objective needs its latent
-        # data (ss latents + SLat, docs/finetune.md), which the mini-TRELLIS loss does not read.
-        raise NotImplementedError(
-            "fine-tuning generator 'trellis' needs the TRELLIS latent loader (data.latents), not built yet; "
-            "see docs/finetune.md"
-        )
+    if trellis:
+        # TRELLIS's own objective on its latents: dense (B, 8, 16³) stage 1, SparseTensor stage 2,
+        # CLIP text features from the pipeline's encoder.
+        stage_loss = TrellisLatentLoss(train_set, generator, tc)
     else:
         stage_loss = _mini_stage_loss(train_set, generator, cfg)
     if tc.full_finetune:
