@@ -54,10 +54,11 @@ def _opt_state_bytes(opt: torch.optim.Optimizer) -> int:
     )
 
 
-def _run(mode: str, args, device: str) -> dict:
+def _setup(mode: str, args, device: str) -> dict:
+    """Model, objective and optimizer for one mode (``lora`` or ``full``)."""
     from debias3d.finetune.config import FinetuneConfig, LoraSettings, TrainSettings
     from debias3d.finetune.lora import add_lora, flow_container
-    from debias3d.finetune.trainer import FlowMatchingObjective, _mini_stage_loss, step_seed
+    from debias3d.finetune.trainer import FlowMatchingObjective, _mini_stage_loss
 
     gen, weights = _generator(device)
     rows = _rows(args.rows, gen.stage1.resolution)
@@ -70,44 +71,51 @@ def _run(mode: str, args, device: str) -> dict:
         model = add_lora(gen, cfg.lora)
     obj = FlowMatchingObjective(model, loss_fn, {"stage1": 1.0, "stage2": 1.0}).to(device).train()
     params = [p for p in obj.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    n_train = sum(p.numel() for p in params)
-    n_total = sum(p.numel() for p in obj.parameters())
+    return {
+        "mode": mode,
+        "weights": weights,
+        "obj": obj,
+        "params": params,
+        "opt": torch.optim.AdamW(params, lr=1e-4),
+        "n_rows": len(rows),
+        "times": [],
+    }
+
+
+def _step(run: dict, step: int, batch: torch.Tensor, args, device: str) -> float:
+    from debias3d.finetune.trainer import step_seed
+
     amp = (
         torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if args.bf16 else nullcontext()
     )
-    g = torch.Generator().manual_seed(0)
-    times = []
     if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    for step in range(args.warmup + args.steps):
-        batch = torch.randint(len(rows), (args.batch_size,), generator=g)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with amp:
-            loss = obj(batch, step_seed(0, step, 0, 0))["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    out = {
-        "mode": mode,
-        "weights": weights,
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with amp:
+        loss = run["obj"](batch, step_seed(0, step, 0, 0))["loss"]
+    loss.backward()
+    run["opt"].step()
+    run["opt"].zero_grad(set_to_none=True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _report(run: dict) -> dict:
+    params, obj, times = run["params"], run["obj"], run["times"]
+    n_train = sum(p.numel() for p in params)
+    n_total = sum(p.numel() for p in obj.parameters())
+    return {
+        "mode": run["mode"],
+        "weights": run["weights"],
         "trainable_params": n_train,
         "total_params": n_total,
         "trainable_share": n_train / n_total,
-        "optimizer_state_bytes": _opt_state_bytes(opt),
+        "optimizer_state_bytes": _opt_state_bytes(run["opt"]),
         "grad_bytes": sum(p.numel() * p.element_size() for p in params),
         "step_s_median": float(np.median(times)),
         "steps_per_s": float(1.0 / np.median(times)),
     }
-    if device.startswith("cuda"):
-        out["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated())
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,12 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    res = {}
-    for mode in ("lora", "full"):
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        res[mode] = _run(mode, args, args.device)
-        res[mode]["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        res[mode]["peak_rss_growth_kb"] = res[mode]["peak_rss_kb"] - rss0
+    # Both modes are set up first and their steps interleaved (same batches, same noise), so a
+    # change of machine load during the run hits both alike instead of biasing the ratio.
+    runs = {mode: _setup(mode, args, args.device) for mode in ("lora", "full")}
+    g = torch.Generator().manual_seed(0)
+    for step in range(args.warmup + args.steps):
+        batch = torch.randint(runs["lora"]["n_rows"], (args.batch_size,), generator=g)
+        order = ("lora", "full") if step % 2 == 0 else ("full", "lora")
+        for mode in order:
+            dt = _step(runs[mode], step, batch, args, args.device)
+            if step >= args.warmup:
+                runs[mode]["times"].append(dt)
+    res = {mode: _report(run) for mode, run in runs.items()}
+    res["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if args.device.startswith("cuda"):
+        res["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated())
     lo, fu = res["lora"], res["full"]
     summary = {
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
@@ -145,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_optimizer_ratio_ok": fu["optimizer_state_bytes"] >= 10 * lo["optimizer_state_bytes"],
         "lora": lo,
         "full": fu,
+        "peak_rss_kb": res["peak_rss_kb"],
     }
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
