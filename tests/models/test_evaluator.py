@@ -245,3 +245,42 @@ def test_correlations_handle_constant_columns():
     pred = np.c_[np.arange(5.0), np.ones(5)]
     res = correlations(pred, np.c_[np.arange(5.0), np.arange(5.0)], ("a", "b"))
     assert res["a"]["srcc"] == pytest.approx(1.0) and res["b"] == {"srcc": 0.0, "plcc": 0.0}
+
+
+def test_view_stats_read_colour_histogram_and_components():
+    from debias3d.models.evaluator.layers import ConvViewEncoder as C
+
+    x = torch.ones(1, 3, 16, 16)
+    red = torch.tensor(C.PALETTE[0])[:, None, None]
+    x[0, :, 2:6, 2:6] = red * 0.9  # shaded red blob
+    x[0, :, 10:14, 10:14] = red  # a second, separate blob
+    s = C.view_stats(x)[0]
+    assert s.shape == (C.N_STATS,)
+    hist = s[C.HIST]
+    assert hist.argmax() == 0 and hist[0] > 0.9 and hist.sum() == pytest.approx(1.0, abs=1e-4)
+    assert s[C.RESID] < 0.02
+    comps = s[-4:]
+    assert comps[0] == pytest.approx(2 / 4) and comps[1] == pytest.approx(0.5) and comps[2] == 1.0
+
+
+def test_precomputed_stats_give_the_same_scores(model):
+    from debias3d.models.evaluator.layers import ConvViewEncoder as C
+
+    torch.manual_seed(1)
+    views = torch.rand(2, 6, 3, 16, 16)
+    enc = model.tokenize(PROMPTS[:2])
+    text = model.text_encoder.forward_embeds(model.embed_tokens(enc["input_ids"]), enc["attention_mask"])
+    mask = enc["attention_mask"].bool()
+    stats = C.view_stats(views.flatten(0, 1)).view(2, 6, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(views, text, mask), model(views, text, mask, stats=stats))
+
+
+def test_prompt_groups_and_untied_correlations():
+    from debias3d.models.evaluator.train import prompt_groups, untied_correlations
+
+    g = prompt_groups(["A chair", "a chair.", "a  chair", "two cups"])
+    assert g.tolist() == [0, 0, 0, 1]
+    target = np.array([[1.0], [1.0], [0.2], [0.5], [0.8]])
+    res = untied_correlations(np.array([[0.9], [0.1], [0.1], [0.4], [0.7]]), target, ("a",))
+    assert res["a"]["n"] == 3 and res["a"]["srcc"] == pytest.approx(1.0)

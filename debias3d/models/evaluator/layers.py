@@ -42,8 +42,10 @@ class ConvViewEncoder(nn.Module):
 
     ``(B, V, 3, H, W)`` → ``(B, V · (h·w + 1), D)`` with ``h = w = H / 8``: the CNN's patch features
     plus one *statistics token* per view (:meth:`view_stats`: foreground colour mean / spread,
-    silhouette extent and mass per band, from a fixed non-white mask), which makes colour agreement
-    and proportions easy to read for a model trained from scratch on a few thousand shapes. A learnable view embedding tells the
+    silhouette extent and mass per band, a shade-invariant histogram over the named colours and the
+    silhouette's connected components, from a fixed non-white mask), which makes colour agreement,
+    fragments and proportions easy to read for a model trained from scratch on a few thousand
+    shapes. A learnable view embedding tells the
     fusion which view (front … bottom) a token came from, which matters for relations such as
     "on top of". BatchNorm runs in eval mode at inference, so items stay independent.
 

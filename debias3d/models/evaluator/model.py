@@ -3,7 +3,8 @@
 Two backends share :class:`HyperScoreBase` (scoring API, view cache, bad-input handling):
 
 * :class:`ShapeWorldHyperScore` (registry name ``shapeworld-hyperscore``, the embedded default):
-  a small CNN over the 6 MATE-3D views (48 px), trained from scratch on ShapeWorld ratings, with
+  a small CNN over the 6 MATE-3D views (rendered at 48 px, fixed colour / silhouette statistics read
+  there, CNN at ``image_size``), trained from scratch on ShapeWorld ratings, with
   the frozen all-MiniLM-L6-v2 text encoder. Weights ship in ``debias3d/assets/evaluator/``.
 * :class:`debias3d.models.evaluator.clip.CLIPHyperScore` (``hyperscore-clip``): the same head on
   CLIP ViT-B/16, loading a converted HyperScore checkpoint.
@@ -259,12 +260,14 @@ class ShapeWorldHyperScore(HyperScoreBase):
 
     Pipeline (shapes for ``B`` meshes, ``V = 6`` views, ``T`` prompt tokens, ``K = 4`` dimensions):
 
-    1. views ``(B, V, 3, 48, 48)`` → :class:`ConvViewEncoder` → tokens ``(B, N = V·37, D)``;
+    1. views ``(B, V, 3, 48, 48)`` → fixed view statistics at 48 px (colour histogram over the named
+       colours, silhouette components, extents; :meth:`ConvViewEncoder.view_stats`), then resized to
+       ``image_size`` (shipped: 32) → :class:`ConvViewEncoder` → tokens ``(B, N = V·17, D)``;
     2. frozen MiniLM token features ``(B, T, 384)`` → ``text_proj`` → tokens ``(B, T, D)``;
     3. condition features ``f_c`` ``(K, 384)`` from :class:`PromptLearner` + frozen MiniLM;
     4. ``F``: HyperScore's condition-weighted patch pooling ``(B, K, D)``
        (:func:`condition_weighted_fusion`) times the pooled prompt ``t̄``, plus word-level grounding
-       (:meth:`word_grounding`), colour agreement (:meth:`colour_agreement`) and the mean view
+       (:meth:`word_grounding`), colour / silhouette agreement (:meth:`colour_agreement`) and the mean view
        token → ``fc_quality`` ``(B, K, Q)``;
     5. ``π(f_c^i)`` generates head ``ψ_i``; ``q̂_i = ψ_i(F_i)`` → ``(B, K)``.
 
