@@ -22,7 +22,6 @@ so :meth:`HyperScoreBase.score_from_embeddings` takes ``inputs_embeds`` as a lea
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -45,13 +44,11 @@ from debias3d.models.evaluator.layers import (
     target_mlp,
 )
 from debias3d.models.evaluator.views import ItemError, ViewBatch, ViewCache
+from debias3d.models.persistence import CONFIG_NAME, WEIGHTS_NAME, SavesWithoutTextEncoder
 
 __all__ = ["EvaluationResult", "HyperScoreBase", "ShapeWorldHyperScore", "default_weights_dir"]
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 def default_weights_dir() -> Path:
@@ -80,7 +77,7 @@ class EvaluationResult:
         return [dict(zip(self.dimensions, map(float, row), strict=True)) for row in self.scores]
 
 
-class HyperScoreBase(nn.Module):
+class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
     """Shared scoring API. Subclasses provide the view encoder and the text side.
 
     Subclass contract:
@@ -216,24 +213,6 @@ class HyperScoreBase(nn.Module):
         )
 
     # ---------------------------------------------------------------- persistence
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        """State without the frozen text encoder (it ships separately)."""
-        return {
-            k: v.detach().contiguous()
-            for k, v in self.state_dict().items()
-            if not k.startswith("text_encoder.")
-        }
-
-    def save_pretrained(self, out_dir: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors`` (no text encoder) and ``config.json`` to ``out_dir``."""
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(self.trainable_state_dict(), str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-        cfg = dataclasses.asdict(self.config)
-        (out / CONFIG_NAME).write_text(json.dumps({"config": cfg, **(metadata or {})}, indent=2))
-        return out
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load ``model.safetensors`` written by :meth:`save_pretrained` (strict except the encoder)."""

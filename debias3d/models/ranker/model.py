@@ -12,7 +12,6 @@ corrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -25,14 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from debias3d.models.persistence import CONFIG_NAME, WEIGHTS_NAME, SavesWithoutTextEncoder
 from debias3d.models.ranker.base import RankerBase
 
 __all__ = ["RankerModelConfig", "ShapeWorldRanker", "default_weights_dir"]
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 def default_weights_dir() -> Path:
@@ -78,7 +75,7 @@ class _ImageTower(nn.Module):
         return self.head(torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1))
 
 
-class ShapeWorldRanker(RankerBase, nn.Module):
+class ShapeWorldRanker(SavesWithoutTextEncoder, RankerBase, nn.Module):
     """Small image–text ranker; ``score(views (V, 3, H, W), prompt) -> float``.
 
     Args:
@@ -141,24 +138,6 @@ class ShapeWorldRanker(RankerBase, nn.Module):
             self.train(was)
 
     # ---------------------------------------------------------------- persistence
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        return {
-            k: v.detach().contiguous()
-            for k, v in self.state_dict().items()
-            if not k.startswith("text_encoder.")
-        }
-
-    def save_pretrained(self, out_dir: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors`` (without the text encoder) and ``config.json``."""
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(self.trainable_state_dict(), str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-        (out / CONFIG_NAME).write_text(
-            json.dumps({"config": dataclasses.asdict(self.config), **(metadata or {})}, indent=2)
-        )
-        return out
 
     @classmethod
     def from_pretrained(
