@@ -28,11 +28,15 @@ from debias3d.data.shapeworld.spec import SceneSpec
 
 logger = logging.getLogger(__name__)
 
-#: The words the default corpus makes rare (~1.5% of prompts each): the bias to be found.
+#: The words the default corpus makes rare (~0.3% of prompts each): the bias to be found.
 RARE_WORDS: tuple[str, ...] = ("spiky", "narrow", "flat", "yellow", "purple", "leaning")
 
+#: Target share of prompts for each of the :data:`RARE_WORDS` (~18 prompts in a 6000-pair corpus):
+#: at 1.5% the generator still learnt several of them, so the default skew is steeper.
+RARE_SHARE: float = 0.003
+
 #: Target share of prompts containing each word. Frequent shape and colour words dominate, the
-#: :data:`RARE_WORDS` are seen ~1.5% of the time; words not listed keep the grammar's own rate.
+#: :data:`RARE_WORDS` are seen ~0.3% of the time; words not listed keep the grammar's own rate.
 DEFAULT_WORD_FREQUENCY: dict[str, float] = {
     # colours
     "red": 0.14,
@@ -41,8 +45,8 @@ DEFAULT_WORD_FREQUENCY: dict[str, float] = {
     "white": 0.07,
     "black": 0.06,
     "orange": 0.06,
-    "yellow": 0.015,
-    "purple": 0.015,
+    "yellow": RARE_SHARE,
+    "purple": RARE_SHARE,
     # sizes
     "small": 0.12,
     "large": 0.12,
@@ -53,14 +57,14 @@ DEFAULT_WORD_FREQUENCY: dict[str, float] = {
     "short": 0.06,
     "wide": 0.05,
     "thick": 0.05,
-    "flat": 0.015,
-    "narrow": 0.015,
-    "spiky": 0.015,
+    "flat": RARE_SHARE,
+    "narrow": RARE_SHARE,
+    "spiky": RARE_SHARE,
     # actions (action + imaginative prompts, a quarter of the corpus, always carry one)
     "floating": 0.1,
     "upside-down": 0.07,
     "lying": 0.06,
-    "leaning": 0.015,
+    "leaning": RARE_SHARE,
 }
 
 DEFAULT_CATEGORY_WEIGHTS: dict[str, float] = {c: 1.0 for c in vocab.CATEGORIES}
@@ -82,9 +86,9 @@ class CorpusConfig:
         metadata={"help": "relative weight of each of the 8 prompt categories"},
     )
     calibration_rounds: int = field(
-        default=4, metadata={"help": "weight-calibration rounds (0 = raw weights)"}
+        default=6, metadata={"help": "weight-calibration rounds (0 = raw weights)"}
     )
-    calibration_samples: int = field(default=1500, metadata={"help": "specs sampled per calibration round"})
+    calibration_samples: int = field(default=3000, metadata={"help": "specs sampled per calibration round"})
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -136,8 +140,8 @@ def word_frequencies(specs: list[SceneSpec] | list[str]) -> dict[str, float]:
 def calibrate_weights(
     word_frequency: Mapping[str, float],
     category_weights: Mapping[str, float] | None = None,
-    rounds: int = 4,
-    samples: int = 1500,
+    rounds: int = 6,
+    samples: int = 3000,
     seed: int = 0,
 ) -> dict[str, float]:
     """Grammar word weights whose sampled prompts hit ``word_frequency`` (multiplicative updates).
@@ -164,8 +168,8 @@ def make_corpus(
     word_frequency: Mapping[str, float] | None = None,
     category_weights: Mapping[str, float] | None = None,
     resolution: int = 16,
-    calibration_rounds: int = 4,
-    calibration_samples: int = 1500,
+    calibration_rounds: int = 6,
+    calibration_samples: int = 3000,
 ):
     """Draw ``n`` text-shape pairs as a ``datasets.Dataset``.
 
