@@ -222,6 +222,12 @@ def _ci_table(
     return {"columns": cols, "rows": rows}
 
 
+def signed(x: Any, digits: int = 1) -> str:
+    """A change with its sign (``+28.6``, ``-7.0``); ``None`` / NaN → ``–``."""
+    text = fmt(x, digits)
+    return text if text == "–" or text.startswith("-") else "+" + text
+
+
 def lead_sentence(summary: dict[str, Any]) -> str:
     """One plain sentence: what was biased and what changed."""
     models = summary["models"]
@@ -235,8 +241,8 @@ def lead_sentence(summary: dict[str, Any]) -> str:
     if len(models) >= 2:
         d = summary["delta_points"]
         s += (
-            f" After fine-tuning: neglected words {fmt(d['neglected'], 1)} points, the rest "
-            f"{fmt(d['rest'], 1)} points, overall fidelity {fmt(d['fidelity'], 1)} points."
+            f" After fine-tuning: neglected words {signed(d['neglected'])} points, the rest "
+            f"{signed(d['rest'])} points, overall fidelity {signed(d['fidelity'])} points."
         )
     return s
 
