@@ -6,8 +6,10 @@ command imports what it needs in its own body.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -88,13 +90,24 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load(cls: type, config: Path | None, overrides: list[str] | None):  # noqa: ANN202
-    from debias3d.config import ConfigError, load_config
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn errors a user can fix into one line on stderr and exit code 1.
 
+    Bad configs (ConfigError), bad prompt files (PromptFileError), bad data (DataError) are all
+    ValueErrors; missing files and missing optional backends (e.g. TRELLIS) are the other two.
+    """
     try:
-        return load_config(cls, config, overrides or [])
-    except ConfigError as e:
+        yield
+    except (ValueError, FileNotFoundError, ImportError) as e:
         raise _fail(str(e)) from None
+
+
+def _load(cls: type, config: Path | None, overrides: list[str] | None):  # noqa: ANN202
+    from debias3d.config import load_config
+
+    with _user_errors():
+        return load_config(cls, config, overrides or [])
 
 
 # --------------------------------------------------------------------------------------- world
@@ -113,10 +126,8 @@ def world_sample(
 
     if n < 1:
         raise _fail("--n must be at least 1")
-    try:
+    with _user_errors():
         paths = write_sample(out, n=n, seed=seed, category=category, image_size=image_size)
-    except ValueError as e:
-        raise _fail(str(e)) from None
     typer.echo(f"wrote {len(paths['meshes'])} meshes, {paths['sheet']} and {paths['prompts']}")
 
 
@@ -130,7 +141,8 @@ def world_corpus(
     from debias3d.data.shapeworld.corpus import CorpusConfig, write_corpus
 
     cfg = _load(CorpusConfig, config, overrides)
-    path = write_corpus(cfg, out)
+    with _user_errors():
+        path = write_corpus(cfg, out)
     typer.echo(f"wrote corpus of {cfg.n} pairs to {path}")
 
 
@@ -147,7 +159,8 @@ def world_train_backbone(
     from debias3d.models.backbone.train import BackboneTrainConfig, train_backbone
 
     cfg = _load(BackboneTrainConfig, config, overrides)
-    train_backbone(cfg, corpus, out)
+    with _user_errors():
+        train_backbone(cfg, corpus, out)
 
 
 @world_app.command("fidelity")
@@ -164,9 +177,10 @@ def world_fidelity(
     """Measure the generator against ShapeWorld ground truth: per-word and per-category fidelity."""
     from debias3d.eval.fidelity import main as fidelity_main
 
-    fidelity_main(
-        out=out, samples=samples, adapter=adapter, weights=weights, per_category=per_category, seed=seed
-    )
+    with _user_errors():
+        fidelity_main(
+            out=out, samples=samples, adapter=adapter, weights=weights, per_category=per_category, seed=seed
+        )
 
 
 @world_app.command("train-evaluator")
@@ -176,13 +190,10 @@ def world_train_evaluator(
     overrides: OverridesOpt = None,
 ) -> None:
     """Train the HyperScore-style evaluator on ShapeWorld ratings (5 folds split by prompt, SRCC/PLCC)."""
-    from debias3d.config import ConfigError
     from debias3d.models.evaluator.train import train_evaluator_command
 
-    try:
+    with _user_errors():
         train_evaluator_command(config, overrides or [], out)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------ generate
@@ -208,7 +219,7 @@ def generate(
         raise _fail(f"--format must be glb, obj or ply, got {fmt!r}")
     if samples < 1:
         raise _fail("--samples must be at least 1")
-    try:
+    with _user_errors():
         generate_command(
             prompts,
             out=out,
@@ -221,8 +232,6 @@ def generate(
             steps=steps,
             cfg_strength=cfg_strength,
         )
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        raise _fail(str(e)) from None
 
 
 # --------------------------------------------------------------------------------- the loop
@@ -248,10 +257,8 @@ def audit(
     heatmaps/ and report.html. For several processes: `accelerate launch -m debias3d.bias_audit ...`.
     """
     from debias3d.bias_audit.cli import audit_command
-    from debias3d.config import ConfigError
-    from debias3d.data.prompts import PromptFileError
 
-    try:
+    with _user_errors():
         summary = audit_command(
             prompts,
             config=config,
@@ -260,8 +267,6 @@ def audit(
             resume=resume,
             view_contradictions=view_contradictions,
         )
-    except (ConfigError, PromptFileError, FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
     n = summary.get("n_prompts", "?") if isinstance(summary, dict) else "?"
     typer.echo(f"audit: {n} prompts -> {out / 'report.html'}")
 
@@ -293,12 +298,9 @@ def augment(
     if audit is None:
         raise _fail("--audit is required (the folder written by `debias3d audit`)")
     from debias3d.augment.pipeline import augment_command
-    from debias3d.config import ConfigError
 
-    try:
+    with _user_errors():
         summary = augment_command(audit, config, overrides or [], out, retry_failed=retry_failed)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
     rows = summary.get("pairs", {}).get("rows", "?")
     typer.echo(f"augment: {rows} pairs in {out / 'pairs'} (report: {out / 'report.html'})")
 
@@ -308,10 +310,8 @@ def augment_status(out: Annotated[Path, typer.Argument(help="Augmentation output
     """Print the progress of an augmentation job."""
     from debias3d.augment.pipeline import status_command
 
-    try:
+    with _user_errors():
         typer.echo(status_command(out))
-    except (FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
 
 
 finetune_app = typer.Typer(
@@ -339,16 +339,12 @@ def finetune(
 
     Also: `debias3d finetune merge --adapter ft/ --out merged/` writes merged safetensors.
     """
-    from debias3d.config import ConfigError
     from debias3d.finetune import finetune_command
-    from debias3d.finetune.data import DataError
 
-    try:
+    with _user_errors():
         path = finetune_command(
             config, overrides or [], out, accelerate_config=accelerate_config, resume_from=resume_from
         )
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
     typer.echo(f"adapter written to {path}")
 
 
@@ -361,10 +357,8 @@ def finetune_merge(
     """Fold a LoRA adapter into its base generator and write merged safetensors."""
     from debias3d.finetune import merge_command
 
-    try:
+    with _user_errors():
         path = merge_command(adapter, out, base=base)
-    except (FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
     typer.echo(f"merged weights written to {path}")
 
 
@@ -389,13 +383,10 @@ def evaluate(
 
     Writes summary.json, tables/*.csv and report.html. Also: `debias3d eval compare A/ B/`.
     """
-    from debias3d.config import ConfigError
     from debias3d.eval.pipeline import eval_command
 
-    try:
+    with _user_errors():
         eval_command(config, overrides or [], adapter, out)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
     typer.echo(f"eval: {out / 'summary.json'}, {out / 'report.html'}")
 
 
@@ -408,10 +399,8 @@ def eval_compare(
     """Print (and plot) the difference B - A between two eval runs."""
     from debias3d.eval.compare import compare_command
 
-    try:
+    with _user_errors():
         compare_command(a, b, out=out)
-    except (FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
 
 
 @app.command("demo")
@@ -426,13 +415,10 @@ def demo(
     overrides: OverridesOpt = None,
 ) -> None:
     """Run audit -> augment -> finetune -> eval on the embedded ShapeWorld default; writes OUT/report.html."""
-    from debias3d.config import ConfigError
     from debias3d.demo import demo_command
 
-    try:
+    with _user_errors():
         demo_command(out, quick=quick, ablations=ablations, config=config, overrides=overrides or [])
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
     typer.echo(f"demo: open {out / 'report.html'}")
 
 
@@ -447,10 +433,8 @@ def report_heatmap(
 
     if fmt not in ("png", "svg", "html", "json"):
         raise _fail(f"--format must be png, svg, html or json, got {fmt!r}")
-    try:
+    with _user_errors():
         paths = heatmap_command(audit, fmt=fmt, out=out)
-    except (FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
     typer.echo(f"wrote {len(paths)} {fmt} file(s)")
 
 

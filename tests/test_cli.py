@@ -87,3 +87,26 @@ def test_world_corpus_small(tmp_path):
     assert result.exit_code == 0, result.output
     ds = load_from_disk(str(out))
     assert len(ds) == 12 and {"prompt", "category", "occupancy", "colors"} <= set(ds.column_names)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["world", "fidelity", "--weights", "/nonexistent/weights", "--out", "{tmp}/f"],
+        ["generate", "a red vase", "--weights", "/nonexistent/weights", "--out", "{tmp}/g"],
+        ["augment", "--audit", "/nonexistent/audit", "--out", "{tmp}/a"],
+        ["augment", "status", "/nonexistent/aug"],
+        ["finetune", "--out", "{tmp}/ft", "data.pairs=/nonexistent/pairs"],
+        ["finetune", "merge", "--adapter", "/nonexistent/ad", "--out", "{tmp}/m"],
+        ["audit", "--prompts", "/nonexistent/p.txt", "--out", "{tmp}/au"],
+        ["eval", "compare", "/nonexistent/a", "/nonexistent/b"],
+        ["report", "heatmap", "--audit", "/nonexistent/audit"],
+    ],
+)
+def test_user_errors_are_one_line_not_tracebacks(tmp_path, argv):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    result = runner.invoke(app, argv)
+    assert result.exit_code in (1, 2), result.output
+    assert "Traceback" not in result.output
+    assert "error:" in result.output
+    assert "nonexistent" in result.output
