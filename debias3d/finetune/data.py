@@ -49,6 +49,20 @@ class DataError(ValueError):
     """An unusable training dataset (missing, empty, or nothing left after skipping). One line."""
 
 
+def log_skipped(what: str, n_kept: int, skipped: Mapping[str, int]) -> int:
+    """Warn once about the rows skipped per reason; return the total rows seen (kept + skipped)."""
+    n_total = n_kept + sum(skipped.values())
+    if skipped:
+        logger.warning(
+            "skipped %d of %d %s (%s)",
+            sum(skipped.values()),
+            n_total,
+            what,
+            ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())),
+        )
+    return n_total
+
+
 @dataclass
 class TrainingSet(torch.utils.data.Dataset):
     """In-memory training rows (small: 16 KB per row at R = 16).
@@ -263,14 +277,7 @@ def build_training_set(data: Any, resolution: int | None = None) -> TrainingSet:
         check_meshes=data.check_meshes,
         limit=data.max_pairs,
     )
-    n_total = len(prompts) + sum(skipped.values())
-    if skipped:
-        logger.warning(
-            "skipped %d of %d pairs (%s)",
-            sum(skipped.values()),
-            n_total,
-            ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())),
-        )
+    n_total = log_skipped("pairs", len(prompts), skipped)
     if not prompts:
         raise DataError(f"no usable pairs in {data.pairs} (skipped: {dict(skipped)})")
     sources = ["pair"] * len(prompts)

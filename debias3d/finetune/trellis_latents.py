@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import DataError
+from .data import DataError, log_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -243,14 +243,7 @@ def build_trellis_latent_set(
             paths[s].append(found[s])
         if data.max_pairs is not None and len(sha) >= data.max_pairs:
             break
-    n_total = len(sha) + sum(skipped.values())
-    if skipped:
-        logger.warning(
-            "skipped %d of %d TRELLIS latent rows (%s)",
-            sum(skipped.values()),
-            n_total,
-            ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())),
-        )
+    n_total = log_skipped("TRELLIS latent rows", len(sha), skipped)
     if not sha:
         raise DataError(f"no usable TRELLIS latents in {root} (skipped: {dict(sorted(skipped.items()))})")
     stats = {
