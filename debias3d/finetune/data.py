@@ -217,8 +217,12 @@ def load_rows(
     check_meshes: bool = False,
     limit: int | None = None,
     indices: Sequence[int] | None = None,
+    shuffle_seed: int | None = None,
 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], Counter]:
     """Read usable rows of a pairs / corpus dataset.
+
+    Rows are read in ``indices`` order, else in a permutation seeded by ``shuffle_seed``, else in
+    file order; ``limit`` stops after that many usable rows.
 
     Returns:
         prompts, occupancies ``[(R,R,R) uint8]``, colours ``[(R,R,R,3) uint8]``, and the skip
@@ -235,7 +239,12 @@ def load_rows(
     if winners_only and not has_winner:
         logger.info("%s dataset %s has no 'winner' column; using every row", what, base)
     rows = ds.with_format("numpy")
-    order = range(len(ds)) if indices is None else indices
+    if indices is not None:
+        order: Sequence[int] = indices
+    elif shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(ds)).tolist()
+    else:
+        order = range(len(ds))
     for i in order:
         row = rows[int(i)]
         if winners_only and has_winner and not bool(row["winner"]):
@@ -269,6 +278,8 @@ def build_training_set(data: Any, resolution: int | None = None) -> TrainingSet:
     Raises:
         DataError: the pairs dataset is missing or empty, or no pair is usable.
     """
+    # With max_pairs, a seeded random subset rather than the first rows: pairs are written source
+    # prompt by source prompt, so a head would cover only the first few audited prompts.
     prompts, occs, cols, skipped = load_rows(
         data.pairs,
         what="pairs",
@@ -276,6 +287,7 @@ def build_training_set(data: Any, resolution: int | None = None) -> TrainingSet:
         winners_only=data.winners_only,
         check_meshes=data.check_meshes,
         limit=data.max_pairs,
+        shuffle_seed=data.seed if data.max_pairs is not None else None,
     )
     n_total = log_skipped("pairs", len(prompts), skipped)
     if not prompts:

@@ -51,6 +51,21 @@ def test_replay_share(tiny_world, share, expected):
     assert ts.stats["replay"] == expected == ts.sources.count("replay")
 
 
+def test_max_pairs_is_a_seeded_random_subset(tmp_path):
+    """max_pairs must not take the head of the file (rows are grouped by source prompt)."""
+    pairs = helpers.write_pairs(tmp_path, n=24)
+    pick = {}
+    for seed in (0, 0, 1):
+        ts = build_training_set(
+            DataSettings(pairs=str(pairs), replay_share=0.0, max_pairs=6, seed=seed), resolution=helpers.RES
+        )
+        assert len(ts) == ts.stats["pairs_used"] == 6
+        pick.setdefault(seed, []).append(sorted(int(p.rsplit(" ", 1)[1]) for p in ts.prompts))
+    head = list(range(6))
+    assert pick[0][0] == pick[0][1] != head  # reproducible and not the first rows
+    assert pick[1][0] != pick[0][0] and len(set(pick[0][0])) == 6
+
+
 def test_glb_header_check(tmp_path):
     good = helpers.write_glb(tmp_path / "a.glb", None)
     assert check_mesh_file(good) is None
