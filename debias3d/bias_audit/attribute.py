@@ -260,9 +260,11 @@ class EvaluatorScore:
         scale: multiplies ``q`` (``1 / N_prompts`` turns ``q_l`` into the prompt's share of ``q_g``).
 
     Call:
-        ``inputs_embeds`` ``(B, T, E)``, ``views`` ``(B, D, V, 3, H, W)``, ``valid`` ``(B, D)`` bool,
-        ``attention_mask`` ``(B, T)`` → ``(B,)``. Samples with ``valid=False`` (unrenderable
-        meshes) are left out of the mean; a prompt with no valid sample scores 0.
+        ``inputs_embeds`` ``(B, T, E)``, ``views`` ``(B, D, V, 3, H, W)`` — or the evaluator's
+        cached view features ``(B, D, N, C)`` (:func:`encode_sample_views`), which skip the image
+        side —, ``valid`` ``(B, D)`` bool, ``attention_mask`` ``(B, T)`` → ``(B,)``. Samples with
+        ``valid=False`` (unrenderable meshes) are left out of the mean; a prompt with no valid
+        sample scores 0.
     """
 
     def __init__(self, evaluator: Any, dimension: str = "overall", scale: float = 1.0) -> None:
@@ -278,12 +280,15 @@ class EvaluatorScore:
         self, inputs_embeds: Tensor, views: Tensor, valid: Tensor, attention_mask: Tensor
     ) -> Tensor:
         """``(B, K)`` local scores for every dimension (unscaled)."""
-        from debias3d.models.evaluator.views import ViewBatch
+        from debias3d.models.evaluator.views import ViewBatch, ViewFeatures
 
         b, d = valid.shape
         emb = inputs_embeds.repeat_interleave(d, dim=0)
         mask = attention_mask.repeat_interleave(d, dim=0)
-        vb = ViewBatch(views.flatten(0, 1), valid.flatten(), [])
+        if views.dim() == 4:  # cached features (B, D, N, C)
+            vb: Any = ViewFeatures(views.flatten(0, 1), valid.flatten(), [])
+        else:
+            vb = ViewBatch(views.flatten(0, 1), valid.flatten(), [])
         s = self.evaluator.score_from_embeddings(vb, emb, mask).view(b, d, -1)
         w = valid.to(s.dtype)[..., None]
         return (s * w).sum(1) / w.sum(1).clamp_min(1.0)
@@ -409,6 +414,19 @@ def _special_mask(tokenizer: Any, input_ids: Tensor, offsets: Tensor) -> Tensor:
     return special | (offsets[..., 1] <= offsets[..., 0])
 
 
+def encode_sample_views(evaluator: Any, views: Tensor, batch_size: int = 64) -> Tensor:
+    """``(B, D, V, 3, H, W)`` views → the evaluator's cached view features ``(B, D, N, C)``.
+
+    Evaluators without ``view_features`` (or already-encoded 4-d input) are returned unchanged, so
+    :class:`EvaluatorScore` then runs the image side on every call.
+    """
+    if views.dim() != 6 or not hasattr(evaluator, "view_features"):
+        return views
+    b, d = views.shape[:2]
+    vf = evaluator.view_features(views.flatten(0, 1), batch_size=batch_size)
+    return vf.features.reshape(b, d, *vf.features.shape[1:])
+
+
 def attribute_prompts(
     evaluator: Any,
     prompts: Sequence[str],
@@ -427,7 +445,9 @@ def attribute_prompts(
         evaluator: HyperScore-style evaluator (``tokenize``, ``embed_tokens``,
             ``score_from_embeddings``, ``dimensions``).
         prompts: ``B`` prompts.
-        views: ``(B, D, V, 3, H, W)`` cached views of each prompt's ``D`` samples.
+        views: ``(B, D, V, 3, H, W)`` views of each prompt's ``D`` samples, or their cached
+            features ``(B, D, N, C)`` from :func:`encode_sample_views` (views are encoded here once
+            per call otherwise).
         valid: ``(B, D)`` bool.
         method / dimension / n_steps / internal_batch_size: see :class:`GradientAttribution`.
         scale: ``1`` attributes ``q_l``; ``1/N`` attributes the prompt's share of ``q_g``.
@@ -445,7 +465,8 @@ def attribute_prompts(
         emb = evaluator.embed_tokens(ids).detach()
     fwd = EvaluatorScore(evaluator, dimension, scale)
     attributor = GradientAttribution(fwd, method)
-    args = (views.to(emb.device), valid.to(emb.device), mask)
+    feats = encode_sample_views(evaluator, views.to(emb.device))
+    args = (feats, valid.to(emb.device), mask)
     baselines = None
     if method == "integrated_gradients":
         pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)

@@ -39,6 +39,9 @@ class LocalizedBatch:
         scores: ``(B, D, K)`` per-sample scores (NaN where invalid).
         mesh_paths: ``B × D`` paths relative to the audit folder ("" when not written).
         issues: one-line messages.
+        features: ``(B, D, N, C)`` the evaluator's cached view features
+            (:func:`~debias3d.bias_audit.attribute.encode_sample_views`), or None for an evaluator
+            without ``view_features``. Attribution and the deletion test take these instead of views.
     """
 
     prompts: list[str]
@@ -48,6 +51,12 @@ class LocalizedBatch:
     scores: Tensor
     mesh_paths: list[list[str]]
     issues: list[str] = field(default_factory=list)
+    features: Tensor | None = None
+
+    @property
+    def inputs(self) -> Tensor:
+        """What the evaluator's forward should take: cached ``features`` if any, else ``views``."""
+        return self.features if self.features is not None else self.views
 
     @property
     def q_l(self) -> Tensor:
@@ -192,12 +201,15 @@ def localize_batch(
             msg = f"evaluator: sample {prompt_ids[k // d]}_{k % d} ({prompts[k // d]!r}): {e.message}"
             issues.append(msg)
     scores = torch.full((b * d, k_dims), float("nan"))
+    vf = evaluator.view_features(ViewBatch(views, valid, [])) if hasattr(evaluator, "view_features") else None
     if bool(valid.any()):
         enc = evaluator.tokenize([prompts[k // d] for k in range(b * d)])
         with torch.no_grad():
             emb = evaluator.embed_tokens(enc["input_ids"])
             s = (
-                evaluator.score_from_embeddings(ViewBatch(views, valid, []), emb, enc["attention_mask"])
+                evaluator.score_from_embeddings(
+                    vf if vf is not None else ViewBatch(views, valid, []), emb, enc["attention_mask"]
+                )
                 .float()
                 .cpu()
             )
@@ -215,6 +227,7 @@ def localize_batch(
         scores.view(b, d, k_dims),
         mesh_paths,
         issues,
+        None if vf is None else vf.features.reshape(b, d, *vf.features.shape[1:]),
     )
 
 

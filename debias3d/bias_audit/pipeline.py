@@ -215,7 +215,7 @@ def process_batch(
     deletion: dict[str, list[dict]] = {}
     deltas: dict[str, list[float]] = {}
     if ok:
-        views, valid = lb.views[ok], lb.valid[ok]
+        views, valid = lb.inputs[ok], lb.valid[ok]  # cached view features when the evaluator has them
         ok_texts = [texts[i] for i in ok]
         for method in att.methods:
             with timer(f"attribute_{method}"):

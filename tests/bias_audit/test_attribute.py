@@ -10,6 +10,7 @@ from debias3d.bias_audit.attribute import (
     EvaluatorScore,
     GradientAttribution,
     attribute_prompts,
+    encode_sample_views,
     make_baselines,
     quadrature,
 )
@@ -102,6 +103,20 @@ def test_batched_equals_per_prompt(evaluator, method):
         one = attribute_prompts(evaluator, [p], views[i : i + 1], valid[i : i + 1], method=method, n_steps=4)
         np.testing.assert_allclose(batched.token_attr[i], one.token_attr[0], rtol=2e-4, atol=1e-7)
         assert batched.tokens[i] == one.tokens[0]
+
+
+@pytest.mark.parametrize("method", ["grad", "integrated_gradients"])
+def test_cached_view_features_give_the_same_attributions(evaluator, method):
+    """Views encoded once (the audit's path) == views re-encoded on every forward."""
+    enc, emb, views, valid = _inputs(evaluator, PROMPTS, d=2)
+    feats = encode_sample_views(evaluator, views)
+    assert feats.dim() == 4 and feats.shape[:2] == (3, 2)
+    assert encode_sample_views(evaluator, feats) is feats
+    a = attribute_prompts(evaluator, PROMPTS, views, valid, method=method, n_steps=4)
+    b = attribute_prompts(evaluator, PROMPTS, feats, valid, method=method, n_steps=4)
+    for x, y in zip(a.token_attr, b.token_attr, strict=True):
+        np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-7)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
 
 
 def test_internal_batch_size_chunks_give_same_result(evaluator):

@@ -284,3 +284,20 @@ def test_prompt_groups_and_untied_correlations():
     target = np.array([[1.0], [1.0], [0.2], [0.5], [0.8]])
     res = untied_correlations(np.array([[0.9], [0.1], [0.1], [0.4], [0.7]]), target, ("a",))
     assert res["a"]["n"] == 3 and res["a"]["srcc"] == pytest.approx(1.0)
+
+
+def test_cached_view_features_give_the_same_scores_and_gradients(model):
+    """score_from_embeddings on view_features(...) == on the views, value and ∂q/∂e."""
+    views = torch.rand(3, 6, 3, 16, 16)
+    views[1] = float("nan")  # an unrenderable item stays invalid through the cache
+    vf = model.view_features(views, batch_size=2)
+    assert len(vf) == 3 and vf.valid.tolist() == [True, False, True] and len(vf.errors) == 1
+    grads = []
+    for inp in (views, vf):
+        emb, mask = _inputs(model, PROMPTS)
+        q = model.score_from_embeddings(inp, emb, mask)
+        q[:, 3].sum().backward()
+        grads.append((q.detach(), emb.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-7)
+    assert grads[1][1].abs().sum() > 0

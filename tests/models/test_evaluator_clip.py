@@ -120,3 +120,12 @@ def test_missing_clip_folder_is_a_clear_error(tmp_path):
 def test_config_divisibility_checked():
     with pytest.raises(ValueError, match="divisible"):
         CLIPHyperScoreConfig(feature_size=5)
+
+
+def test_cached_patch_tokens_match_views(model):
+    views = torch.rand(2, 6, 3, 32, 32)
+    enc = model.tokenize(PROMPTS)
+    emb = model.embed_tokens(enc["input_ids"]).detach()
+    a = model.score_from_embeddings(views, emb, enc["attention_mask"])
+    b = model.score_from_embeddings(model.view_features(views), emb, enc["attention_mask"])
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

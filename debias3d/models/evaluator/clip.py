@@ -217,7 +217,10 @@ class CLIPHyperScore(HyperScoreBase):
 
     def forward(self, views: Tensor, text_features: Tensor, mask: Tensor) -> Tensor:
         """Eq. 4 for all dimensions: ``(B, V, 3, H, W)``, ``(B, T, D)``, ``(B, T)`` → ``(B, K)``."""
-        patches = self.encode_views(views)  # (B, N, D)
+        return self.forward_features(self.encode_views(views), text_features, mask)
+
+    def forward_features(self, patches: Tensor, text_features: Tensor, mask: Tensor) -> Tensor:
+        """Eq. 4 on cached patch tokens ``(B, N, D)`` from :meth:`encode_views`."""
         m = mask.to(text_features.dtype).unsqueeze(1)
         cond = self.condition_features()  # (K, D)
         tn, pn, cn = (F.normalize(x, dim=-1) for x in (text_features, patches, cond))

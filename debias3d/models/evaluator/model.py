@@ -43,7 +43,7 @@ from debias3d.models.evaluator.layers import (
     masked_mean,
     target_mlp,
 )
-from debias3d.models.evaluator.views import ItemError, ViewBatch, ViewCache
+from debias3d.models.evaluator.views import ItemError, ViewBatch, ViewCache, ViewFeatures
 from debias3d.models.persistence import CONFIG_NAME, WEIGHTS_NAME, SavesWithoutTextEncoder
 
 __all__ = ["EvaluationResult", "HyperScoreBase", "ShapeWorldHyperScore", "default_weights_dir"]
@@ -83,7 +83,9 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
     Subclass contract:
         * ``self.config`` with ``dimensions``, ``image_size``, ``n_views``, ``fallback_score``;
         * ``self.text_encoder`` with ``tokenize``, ``embed_tokens`` and ``forward_embeds``;
-        * :meth:`forward` ``(views (B, V, 3, H, W), text_features (B, T, Dt), mask (B, T)) -> (B, K)``.
+        * :meth:`encode_views` ``(views (B, V, 3, H, W)) -> (B, N, C)``: the text-independent image
+          side; :meth:`forward_features` ``(features, text_features (B, T, Dt), mask (B, T)) -> (B, K)``
+          the rest, so that ``forward(views, ...) == forward_features(encode_views(views), ...)``.
     """
 
     config: Any
@@ -136,6 +138,29 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
             views = flat.view(b, v, 3, size, size)
         return views
 
+    def encode_views(self, views: Tensor) -> Tensor:
+        """``(B, V, 3, H, W)`` in [0, 1] → text-independent view features ``(B, N, C)``."""
+        raise NotImplementedError
+
+    def forward_features(self, features: Tensor, text_features: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`encode_views` output, text features ``(B, T, Dt)``, mask ``(B, T)`` → ``(B, K)``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def view_features(self, views_or_assets: Any, batch_size: int = 64) -> ViewFeatures:
+        """Encode the views of many meshes once (no gradient), in batches of ``batch_size``.
+
+        Pass the result to :meth:`score_from_embeddings` instead of views or assets: repeated
+        calls (attribution, integrated-gradients steps, deletion tests) then skip the image side.
+        """
+        vb = self._as_view_batch(views_or_assets)
+        device = next(self.parameters()).device
+        chunks = [
+            self.encode_views(vb.views[s : s + batch_size].to(device)) for s in range(0, len(vb), batch_size)
+        ]
+        feats = torch.cat(chunks) if chunks else torch.zeros(0)
+        return ViewFeatures(feats, vb.valid, list(vb.errors))
+
     # ---------------------------------------------------------------- text passthrough
     def tokenize(self, prompts: Sequence[str]) -> Any:
         """The text encoder's tokenizer: ``input_ids``, ``attention_mask`` (B, T), ``offset_mapping``."""
@@ -152,8 +177,9 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
         """Scores from prompt token embeddings; differentiable w.r.t. ``inputs_embeds``.
 
         Args:
-            views_or_assets: a :class:`ViewBatch` from :meth:`prepare_views`, a ``(B, V, 3, H, W)``
-                tensor in ``[0, 1]``, or assets / meshes (rendered through the cache).
+            views_or_assets: :class:`ViewFeatures` from :meth:`view_features` (fastest for
+                repeated calls), a :class:`ViewBatch` from :meth:`prepare_views`, a
+                ``(B, V, 3, H, W)`` tensor in ``[0, 1]``, or assets / meshes (rendered through the cache).
             inputs_embeds: ``(B, T, E)``, usually a leaf with ``requires_grad=True``.
             attention_mask: ``(B, T)`` (1 for real tokens).
 
@@ -161,14 +187,21 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
             ``(B, K)`` scores in column order ``self.dimensions``; items whose mesh could not be
             rendered hold ``config.fallback_score`` (zero gradient), errors in ``self.last_errors``.
         """
-        vb = self._as_view_batch(views_or_assets)
+        vb = (
+            views_or_assets
+            if isinstance(views_or_assets, ViewFeatures)
+            else self._as_view_batch(views_or_assets)
+        )
         if len(vb) != inputs_embeds.shape[0]:
             raise ValueError(f"{len(vb)} view sets but {inputs_embeds.shape[0]} prompts")
         self.last_errors = list(vb.errors)
         device = inputs_embeds.device
         mask = attention_mask.to(device)
         text = self.text_encoder.forward_embeds(inputs_embeds, mask)
-        scores = self(vb.views.to(device), text, mask.bool())
+        if isinstance(vb, ViewFeatures):
+            scores = self.forward_features(vb.features.to(device), text, mask.bool())
+        else:
+            scores = self(vb.views.to(device), text, mask.bool())
         keep = vb.valid.to(device)[:, None] & torch.isfinite(scores)
         return torch.where(keep, scores, torch.full_like(scores, float(self.config.fallback_score)))
 
@@ -371,6 +404,27 @@ class ShapeWorldHyperScore(HyperScoreBase):
         )
         return self.colour_feat(feats)[:, None]
 
+    def encode_views(self, views: Tensor, stats: Tensor | None = None) -> Tensor:
+        """The image side: ``(B, V, 3, H, W)`` → ``(B, N + V, C)``, ``C = max(dim, N_STATS)``.
+
+        Rows ``[:N]`` are the view tokens (first ``dim`` channels), rows ``[N:]`` each view's fixed
+        statistics (first ``N_STATS`` channels), zero-padded to one tensor so that it batches and
+        indexes like views. ``stats``: see :meth:`forward`.
+        """
+        b, v = views.shape[:2]
+        if stats is None:
+            stats = self.view_encoder.view_stats(views.flatten(0, 1))  # at render size, (B·V, S)
+        stats = stats.reshape(b * v, -1).to(views.dtype)
+        patches = self.view_encoder(self._fit_views(views), stats)  # (B, N, D)
+        width = max(patches.shape[-1], stats.shape[-1])
+        return torch.cat(
+            [
+                F.pad(patches, (0, width - patches.shape[-1])),
+                F.pad(stats.view(b, v, -1), (0, width - stats.shape[-1])),
+            ],
+            dim=1,
+        )
+
     def forward(
         self, views: Tensor, text_features: Tensor, mask: Tensor, stats: Tensor | None = None
     ) -> Tensor:
@@ -381,13 +435,14 @@ class ShapeWorldHyperScore(HyperScoreBase):
         render size, when the caller has them precomputed (training); else computed here, before
         the views are resized for the CNN.
         """
+        return self.forward_features(self.encode_views(views, stats), text_features, mask)
+
+    def forward_features(self, features: Tensor, text_features: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`encode_views` output ``(B, N + V, C)`` + the prompt → scores ``(B, K)``."""
         mask = mask.bool()
-        b, v = views.shape[:2]
-        if stats is None:
-            stats = self.view_encoder.view_stats(views.flatten(0, 1))  # at render size, (B·V, S)
-        stats = stats.reshape(b * v, -1).to(views.dtype)
-        views = self._fit_views(views)
-        patches = self.view_encoder(views, stats)  # (B, N, D)
+        v = int(self.config.n_views)
+        patches = features[:, :-v, : self.config.dim]  # (B, N, D)
+        stats = features[:, -v:, : ConvViewEncoder.N_STATS]  # (B, V, S)
         tokens = self.text_proj(text_features)  # (B, T, D)
         cond_raw = self.condition_features()  # (K, Dt)
         cond = self.text_proj(cond_raw)  # (K, D)
@@ -395,7 +450,7 @@ class ShapeWorldHyperScore(HyperScoreBase):
         t_bar = masked_mean(tokens, mask)[:, None]  # (B, 1, D)
         words = self.word_grounding(patches, tokens, mask, cond)  # (B, K, D)
         g = patches.mean(1, keepdim=True).expand_as(fused)  # uniform pooling, (B, K, D)
-        colour = self.colour_agreement(stats.view(b, v, -1), t_bar[:, 0]).expand_as(fused)  # (B, K, D)
+        colour = self.colour_agreement(stats, t_bar[:, 0]).expand_as(fused)  # (B, K, D)
         q = self.fc_quality(torch.cat([fused * t_bar, fused, words, g, colour], dim=-1))  # (B, K, Q)
         return target_mlp(q, self.hyper(cond_raw))
 

@@ -95,6 +95,28 @@ class ViewBatch:
         return cls(views, finite, errors)
 
 
+@dataclass
+class ViewFeatures:
+    """Text-independent view features of ``B`` meshes (:meth:`HyperScoreBase.view_features`).
+
+    The evaluator's image side does not depend on the prompt, so the audit encodes each sample's
+    views once and every later forward / backward (attribution methods, integrated-gradients steps,
+    the deletion test) runs only the text side and the fusion on these.
+
+    Attributes:
+        features: ``(B, N, C)`` as returned by the evaluator's ``encode_views``.
+        valid: ``(B,)`` bool, False where the mesh could not be rendered.
+        errors: one :class:`ItemError` per invalid item.
+    """
+
+    features: Tensor
+    valid: Tensor
+    errors: list[ItemError] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
 def describe_item(item: Any, index: int) -> str:
     """A short human name for a batch item: ``mesh_id``, mesh path, or the asset's prompt."""
     meta = getattr(item, "metadata", None) or {}
