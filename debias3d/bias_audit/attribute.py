@@ -283,13 +283,19 @@ class EvaluatorScore:
         from debias3d.models.evaluator.views import ViewBatch, ViewFeatures
 
         b, d = valid.shape
-        emb = inputs_embeds.repeat_interleave(d, dim=0)
         mask = attention_mask.repeat_interleave(d, dim=0)
         if views.dim() == 4:  # cached features (B, D, N, C)
             vb: Any = ViewFeatures(views.flatten(0, 1), valid.flatten(), [])
         else:
             vb = ViewBatch(views.flatten(0, 1), valid.flatten(), [])
-        s = self.evaluator.score_from_embeddings(vb, emb, mask).view(b, d, -1)
+        ev = self.evaluator
+        if hasattr(ev, "score_from_text"):
+            # The text encoder runs once per prompt; its D samples share the features.
+            text = ev.text_encoder.forward_embeds(inputs_embeds, attention_mask.to(inputs_embeds.device))
+            s = ev.score_from_text(vb, text.repeat_interleave(d, dim=0), mask).view(b, d, -1)
+        else:
+            emb = inputs_embeds.repeat_interleave(d, dim=0)
+            s = ev.score_from_embeddings(vb, emb, mask).view(b, d, -1)
         w = valid.to(s.dtype)[..., None]
         return (s * w).sum(1) / w.sum(1).clamp_min(1.0)
 

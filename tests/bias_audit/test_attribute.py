@@ -119,6 +119,29 @@ def test_cached_view_features_give_the_same_attributions(evaluator, method):
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
 
 
+def test_text_encoded_once_per_prompt_matches_per_sample(evaluator):
+    """EvaluatorScore shares a prompt's text features between its D samples; same q and ∂q/∂e
+    as running the text encoder on every (prompt, sample) row."""
+
+    class PerSample:  # the evaluator without score_from_text: the fallback path
+        def __init__(self, ev):
+            self.ev, self.dimensions = ev, ev.dimensions
+
+        def score_from_embeddings(self, *a):
+            return self.ev.score_from_embeddings(*a)
+
+    enc, emb, views, valid = _inputs(evaluator, PROMPTS, d=3)
+    valid[1, 2] = False
+    out = []
+    for ev in (evaluator, PerSample(evaluator)):
+        x = emb.clone().requires_grad_(True)
+        q = EvaluatorScore(ev)(x, views, valid, enc["attention_mask"])
+        (g,) = torch.autograd.grad(q.sum(), x)
+        out.append((q.detach(), g))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-7)
+
+
 def test_internal_batch_size_chunks_give_same_result(evaluator):
     enc, emb, views, valid = _inputs(evaluator, PROMPTS[:2])
     fwd = EvaluatorScore(evaluator)

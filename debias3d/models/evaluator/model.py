@@ -194,10 +194,26 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
         )
         if len(vb) != inputs_embeds.shape[0]:
             raise ValueError(f"{len(vb)} view sets but {inputs_embeds.shape[0]} prompts")
+        mask = attention_mask.to(inputs_embeds.device)
+        return self.score_from_text(vb, self.text_encoder.forward_embeds(inputs_embeds, mask), mask)
+
+    def score_from_text(self, views_or_assets: Any, text_features: Tensor, attention_mask: Tensor) -> Tensor:
+        """Like :meth:`score_from_embeddings`, from the text encoder's output ``(B, T, Dt)``.
+
+        Lets a caller run the (frozen, costly) text encoder once per prompt and share its features
+        between the prompt's ``D`` samples (:class:`~debias3d.bias_audit.attribute.EvaluatorScore`).
+        """
+        vb = (
+            views_or_assets
+            if isinstance(views_or_assets, (ViewFeatures, ViewBatch))
+            else self._as_view_batch(views_or_assets)
+        )
+        if len(vb) != text_features.shape[0]:
+            raise ValueError(f"{len(vb)} view sets but {text_features.shape[0]} prompts")
         self.last_errors = list(vb.errors)
-        device = inputs_embeds.device
+        device = text_features.device
         mask = attention_mask.to(device)
-        text = self.text_encoder.forward_embeds(inputs_embeds, mask)
+        text = text_features
         if isinstance(vb, ViewFeatures):
             scores = self.forward_features(vb.features.to(device), text, mask.bool())
         else:
