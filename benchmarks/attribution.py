@@ -237,13 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["attribution"] = bench_attribution(
             evaluator, args.batch, args.samples, args.repeats, args.ig_steps, args.internal_batch_size
         )
-        a = out["attribution"]
-        logger.info(
-            "grad: %.3fs = %.2fx floor (%.3fs); per-prompt loop %.2fs -> %.1fx; vs captum Saliency %.2fx; "
-            "IG(%d): ours %.2fs, captum %.2fs -> %.2fx",
-            a["grad_s"], a["grad_over_floor"], a["floor_s"], a["per_prompt_s"], a["speedup_vs_per_prompt"],
-            a["speedup_vs_captum_saliency"], a["ig_steps"], a["ours_ig_s"], a["captum_ig_s"], a["speedup_vs_captum_ig"],
-        )  # fmt: skip
+        logger.info("attribution: %s", json.dumps(out["attribution"], indent=1))
     if args.audit_prompts:
         out["audit"] = bench_audit(evaluator, args.audit_prompts, args.samples, args.generator_weights)
         logger.info(
