@@ -26,19 +26,17 @@ logger = logging.getLogger("benchmarks.finetune")
 
 
 def _generator(device: str, width: int | None = None, blocks: int | None = None):
-    from debias3d.models.backbone.flow import FlowModelConfig
+    from dataclasses import replace
+
     from debias3d.models.backbone.generator import MiniTrellisConfig, MiniTrellisGenerator
 
     if width:
         # A wider, random-init model of the same architecture: the step is then dominated by the
         # matmuls LoRA changes, as it is for real TRELLIS (1024 channels), not by per-op overhead.
         nb = blocks or 4
-        heads = max(1, width // 64)
-        cfg = MiniTrellisConfig(
-            stage1=FlowModelConfig(model_channels=width, num_blocks=nb, num_heads=heads),
-            stage2=FlowModelConfig(in_channels=3, out_channels=3, model_channels=width, num_blocks=nb,
-                                   num_heads=heads),
-        )  # fmt: skip
+        size = {"model_channels": width, "num_blocks": nb, "num_heads": max(1, width // 64)}
+        base = MiniTrellisConfig()
+        cfg = replace(base, stage1=replace(base.stage1, **size), stage2=replace(base.stage2, **size))
         torch.manual_seed(0)
         return MiniTrellisGenerator(cfg, device=device), f"random init, {width} channels x {nb} blocks"
     try:

@@ -187,15 +187,10 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
             ``(B, K)`` scores in column order ``self.dimensions``; items whose mesh could not be
             rendered hold ``config.fallback_score`` (zero gradient), errors in ``self.last_errors``.
         """
-        vb = (
-            views_or_assets
-            if isinstance(views_or_assets, ViewFeatures)
-            else self._as_view_batch(views_or_assets)
-        )
-        if len(vb) != inputs_embeds.shape[0]:
-            raise ValueError(f"{len(vb)} view sets but {inputs_embeds.shape[0]} prompts")
         mask = attention_mask.to(inputs_embeds.device)
-        return self.score_from_text(vb, self.text_encoder.forward_embeds(inputs_embeds, mask), mask)
+        return self.score_from_text(
+            views_or_assets, self.text_encoder.forward_embeds(inputs_embeds, mask), mask
+        )
 
     def score_from_text(self, views_or_assets: Any, text_features: Tensor, attention_mask: Tensor) -> Tensor:
         """Like :meth:`score_from_embeddings`, from the text encoder's output ``(B, T, Dt)``.
@@ -205,19 +200,18 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
         """
         vb = (
             views_or_assets
-            if isinstance(views_or_assets, (ViewFeatures, ViewBatch))
+            if isinstance(views_or_assets, ViewFeatures)
             else self._as_view_batch(views_or_assets)
         )
         if len(vb) != text_features.shape[0]:
             raise ValueError(f"{len(vb)} view sets but {text_features.shape[0]} prompts")
         self.last_errors = list(vb.errors)
         device = text_features.device
-        mask = attention_mask.to(device)
-        text = text_features
+        mask = attention_mask.to(device).bool()
         if isinstance(vb, ViewFeatures):
-            scores = self.forward_features(vb.features.to(device), text, mask.bool())
+            scores = self.forward_features(vb.features.to(device), text_features, mask)
         else:
-            scores = self(vb.views.to(device), text, mask.bool())
+            scores = self(vb.views.to(device), text_features, mask)
         keep = vb.valid.to(device)[:, None] & torch.isfinite(scores)
         return torch.where(keep, scores, torch.full_like(scores, float(self.config.fallback_score)))
 
