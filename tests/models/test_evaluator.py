@@ -301,3 +301,47 @@ def test_cached_view_features_give_the_same_scores_and_gradients(model):
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-7)
     assert grads[1][1].abs().sum() > 0
+
+
+def test_scene_frame_keeps_size_that_unit_sphere_normalises_away():
+    """A small and a large box: same views under MATE-3D's unit sphere, different under "scene"."""
+    from debias3d.models.evaluator.views import evaluator_rig
+
+    small, large = coloured_box(), coloured_box()
+    small.apply_scale(0.4)
+    fg = {}
+    for frame in ("unit_sphere", "scene"):
+        cache = ViewCache(rig=evaluator_rig(frame), image_size=32)
+        views = cache.get([small, large]).views
+        fg[frame] = (views.amin(2) < 0.985).float().mean((1, 2, 3)).tolist()  # foreground share per mesh
+    assert fg["unit_sphere"][0] == pytest.approx(fg["unit_sphere"][1], abs=0.01)
+    assert fg["scene"][0] < 0.5 * fg["scene"][1]
+    with pytest.raises(ValueError, match="view_frame"):
+        evaluator_rig("cube")
+
+
+def test_crop_to_silhouette_centres_the_object_and_keeps_empty_views():
+    from debias3d.models.evaluator.model import crop_to_silhouette
+
+    v = torch.ones(1, 2, 3, 64, 64)
+    v[0, 0, :, 10:20, 30:34] = 0.2  # a 10 x 4 px object in one corner of a 64 px view
+    out = crop_to_silhouette(v, 32)
+    assert out.shape == (1, 2, 3, 32, 32)
+    fg = out[0, 0].amin(0) < 0.985
+    rows, cols = fg.any(1).nonzero().flatten(), fg.any(0).nonzero().flatten()
+    assert rows.min() <= 4 and rows.max() >= 27  # the object now spans most of the crop's height
+    assert abs((rows.min() + rows.max()) / 2 - 15.5) <= 1 and abs((cols.min() + cols.max()) / 2 - 15.5) <= 1
+    torch.testing.assert_close(out[0, 1], torch.ones(3, 32, 32))  # empty view: passed whole
+
+
+def test_scene_frame_model_scores_and_config_checks(text_encoder):
+    cfg = EvaluatorModelConfig(**{**TINY.__dict__, "view_frame": "scene", "render_size": 32})
+    m = ShapeWorldHyperScore(cfg, text_encoder=text_encoder).eval()
+    assert m.view_cache.rig.normalize == "none"
+    views = torch.ones(2, 6, 3, 32, 32)
+    views[:, :, :, 12:20, 14:18] = 0.3
+    emb, mask = _inputs(m, PROMPTS[:2])
+    q = m.score_from_embeddings(views, emb, mask)
+    assert q.shape == (2, 4) and torch.isfinite(q).all()
+    with pytest.raises(ValueError, match="view_frame"):
+        EvaluatorModelConfig(view_frame="cube")

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 __all__ = ["DIMENSIONS", "EvaluatorModelConfig", "CLIPHyperScoreConfig"]
 
+#: How the embedded evaluator frames a mesh (:func:`debias3d.models.evaluator.views.evaluator_rig`).
+VIEW_FRAMES: tuple[str, ...] = ("unit_sphere", "scene")
+
 #: Quality dimensions, in output column order.
 DIMENSIONS: tuple[str, ...] = ("alignment", "geometry", "texture", "overall")
 
@@ -29,6 +32,17 @@ class EvaluatorModelConfig:
         metadata={"help": "views are rendered at this size, then resized to image_size (as in training)"},
     )
     n_views: int = field(default=6, metadata={"help": "views per mesh (MATE-3D rig: 6)"})
+    view_frame: str = field(
+        default="unit_sphere",
+        metadata={
+            "help": "how meshes are framed: 'unit_sphere' (MATE-3D: centred, scaled to radius 1) or "
+            "'scene' (not normalised; the cameras frame the scene cube, so size and height above the "
+            "ground stay visible, and the CNN reads a crop around each view's silhouette)"
+        },
+    )
+    scene_radius: float = field(
+        default=1.45, metadata={"help": "'scene' frame: radius around the origin the views cover"}
+    )
     dim: int = field(default=128, metadata={"help": "width D of patch and token features"})
     cnn_widths: tuple[int, int, int] = field(
         default=(24, 48, 96), metadata={"help": "channels of the view CNN's three stride-2 stages"}
@@ -54,6 +68,12 @@ class EvaluatorModelConfig:
             raise ValueError(
                 f"EvaluatorModelConfig.image_size must be a positive multiple of 8, got {self.image_size}"
             )
+        if self.view_frame not in VIEW_FRAMES:
+            raise ValueError(
+                f"EvaluatorModelConfig.view_frame must be one of {VIEW_FRAMES}, got {self.view_frame!r}"
+            )
+        if self.scene_radius <= 0:
+            raise ValueError(f"EvaluatorModelConfig.scene_radius must be > 0, got {self.scene_radius}")
         for name in ("render_size", "n_views", "dim", "n_ctx", "quality_dim", "hyper_trunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EvaluatorModelConfig.{name} must be >= 1, got {getattr(self, name)}")

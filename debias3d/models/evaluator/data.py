@@ -352,7 +352,9 @@ def _generator_samples(cfg: EvaluatorDataConfig, measured: Callable | None) -> l
 
 
 # ---------------------------------------------------------------------------------------------- dataset
-def build_dataset(cfg: EvaluatorDataConfig, image_size: int, progress: bool = True) -> dict[str, np.ndarray]:
+def build_dataset(
+    cfg: EvaluatorDataConfig, image_size: int, progress: bool = True, rig: Any = None
+) -> dict[str, np.ndarray]:
     """Samples rendered with the MATE-3D rig at ``image_size``.
 
     Returns:
@@ -364,7 +366,7 @@ def build_dataset(cfg: EvaluatorDataConfig, image_size: int, progress: bool = Tr
     from debias3d.models.evaluator.views import ViewCache
 
     samples = make_samples(cfg)
-    cache = ViewCache(image_size=image_size, max_items=1)
+    cache = ViewCache(rig=rig, image_size=image_size, max_items=1)
     views = np.empty((len(samples), 6, image_size, image_size, 3), np.uint8)
     keep = np.ones(len(samples), bool)
     it: Any = range(len(samples))
@@ -392,7 +394,7 @@ def build_dataset(cfg: EvaluatorDataConfig, image_size: int, progress: bool = Tr
 
 
 def load_or_build_dataset(
-    cfg: EvaluatorDataConfig, image_size: int, folder: str | Path
+    cfg: EvaluatorDataConfig, image_size: int, folder: str | Path, rig: Any = None
 ) -> dict[str, np.ndarray]:
     """Load ``folder/data.npz`` if it was built with the same config and size, else build and save it."""
     import json
@@ -400,12 +402,15 @@ def load_or_build_dataset(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    key = json.dumps({"data": asdict(cfg), "image_size": image_size}, sort_keys=True)
+    spec: dict[str, Any] = {"data": asdict(cfg), "image_size": image_size}
+    if rig is not None and rig.name != "mate3d":
+        spec["rig"] = [rig.name, rig.normalize, [list(map(float, c.position)) for c in rig.cameras]]
+    key = json.dumps(spec, sort_keys=True)
     path, key_path = folder / "data.npz", folder / "data_key.json"
     if path.is_file() and key_path.is_file() and key_path.read_text() == key:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    ds = build_dataset(cfg, image_size)
+    ds = build_dataset(cfg, image_size, rig=rig)
     np.savez_compressed(path, **ds)
     key_path.write_text(key)
     logger.info("evaluator dataset: %d samples cached in %s", len(ds["ratings"]), path)

@@ -43,10 +43,16 @@ from debias3d.models.evaluator.layers import (
     masked_mean,
     target_mlp,
 )
-from debias3d.models.evaluator.views import ItemError, ViewBatch, ViewCache, ViewFeatures
+from debias3d.models.evaluator.views import ItemError, ViewBatch, ViewCache, ViewFeatures, evaluator_rig
 from debias3d.models.persistence import CONFIG_NAME, WEIGHTS_NAME, SavesWithoutTextEncoder
 
-__all__ = ["EvaluationResult", "HyperScoreBase", "ShapeWorldHyperScore", "default_weights_dir"]
+__all__ = [
+    "EvaluationResult",
+    "HyperScoreBase",
+    "ShapeWorldHyperScore",
+    "crop_to_silhouette",
+    "default_weights_dir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +112,10 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
         """The model's render cache (MATE-3D rig at ``config.render_size``; resized in ``forward``)."""
         if self._view_cache is None:
             size = getattr(self.config, "render_size", self.config.image_size)
-            self._view_cache = ViewCache(image_size=size)
+            rig = None
+            if hasattr(self.config, "view_frame"):
+                rig = evaluator_rig(self.config.view_frame, self.config.scene_radius)
+            self._view_cache = ViewCache(rig=rig, image_size=size)
         return self._view_cache
 
     @view_cache.setter
@@ -277,6 +286,41 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
         return self
 
 
+def crop_to_silhouette(views: Tensor, size: int, margin: float = 0.1) -> Tensor:
+    """Each view's square crop around its non-white silhouette, resampled to ``size`` px.
+
+    ``(B, V, 3, H, W)`` → ``(B, V, 3, size, size)``. Under the ``"scene"`` frame the object may fill
+    a small part of the frame; its placement and size are read from the full view's statistics and
+    the CNN gets the detail. An empty view is passed whole.
+    """
+    b, v, c, h, w = views.shape
+    x = views.detach().flatten(0, 1)
+    fg = x.amin(1) < 0.985  # (M, H, W)
+    rows, cols = fg.any(2), fg.any(1)  # (M, H), (M, W)
+    ar_h = torch.arange(h, device=x.device, dtype=x.dtype)
+    ar_w = torch.arange(w, device=x.device, dtype=x.dtype)
+    big = torch.tensor(float(max(h, w)), device=x.device, dtype=x.dtype)
+    r0 = torch.where(rows, ar_h, big).amin(1)
+    r1 = torch.where(rows, ar_h, -big).amax(1) + 1
+    c0 = torch.where(cols, ar_w, big).amin(1)
+    c1 = torch.where(cols, ar_w, -big).amax(1) + 1
+    empty = ~rows.any(1)
+    half = torch.maximum(r1 - r0, c1 - c0) * (0.5 + margin)  # pixels
+    half = torch.where(empty, torch.full_like(half, max(h, w) / 2), half.clamp_min(2.0))
+    cy = torch.where(empty, torch.full_like(half, h / 2), (r0 + r1) / 2)
+    cx = torch.where(empty, torch.full_like(half, w / 2), (c0 + c1) / 2)
+    theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = 2 * half / w
+    theta[:, 1, 1] = 2 * half / h
+    theta[:, 0, 2] = 2 * cx / w - 1
+    theta[:, 1, 2] = 2 * cy / h - 1
+    grid = F.affine_grid(theta, [len(x), c, size, size], align_corners=False)
+    out = F.grid_sample(
+        views.flatten(0, 1), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out.view(b, v, c, size, size)
+
+
 class ShapeWorldHyperScore(HyperScoreBase):
     """Embedded HyperScore-style evaluator (registry: ``evaluator`` / ``shapeworld-hyperscore``).
 
@@ -284,7 +328,10 @@ class ShapeWorldHyperScore(HyperScoreBase):
 
     1. views ``(B, V, 3, 48, 48)`` → fixed view statistics at 48 px (colour histogram over the named
        colours, silhouette components, extents; :meth:`ConvViewEncoder.view_stats`), then resized to
-       ``image_size`` (shipped: 32) → :class:`ConvViewEncoder` → tokens ``(B, N = V·17, D)``;
+       ``image_size`` (shipped: 32) → :class:`ConvViewEncoder` → tokens ``(B, N = V·17, D)``.
+       The shipped model frames meshes in the ShapeWorld scene (``view_frame="scene"``, not MATE-3D's
+       unit sphere), so the statistics see absolute size and height above the ground, and the CNN
+       reads a crop around each view's silhouette (:func:`crop_to_silhouette`);
     2. frozen MiniLM token features ``(B, T, 384)`` → ``text_proj`` → tokens ``(B, T, D)``;
     3. condition features ``f_c`` ``(K, 384)`` from :class:`PromptLearner` + frozen MiniLM;
     4. ``F``: HyperScore's condition-weighted patch pooling ``(B, K, D)``
@@ -425,6 +472,8 @@ class ShapeWorldHyperScore(HyperScoreBase):
         if stats is None:
             stats = self.view_encoder.view_stats(views.flatten(0, 1))  # at render size, (B·V, S)
         stats = stats.reshape(b * v, -1).to(views.dtype)
+        if self.config.view_frame == "scene":
+            views = crop_to_silhouette(views, self.config.image_size)
         patches = self.view_encoder(self._fit_views(views), stats)  # (B, N, D)
         width = max(patches.shape[-1], stats.shape[-1])
         return torch.cat(

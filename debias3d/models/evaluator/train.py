@@ -235,7 +235,7 @@ class _Tensors:
             x = self.views[s : s + 256].flatten(0, 1).permute(0, 3, 1, 2).float().div_(255.0)
             stats.append(ConvViewEncoder.view_stats(x).view(-1, v, ConvViewEncoder.N_STATS))
         self.stats = torch.cat(stats) if stats else torch.zeros(0, v, ConvViewEncoder.N_STATS)
-        if image_size is not None and self.views.shape[2] != image_size:
+        if image_size is not None and self.views.shape[2] != image_size:  # None: the model crops
             self.views = _resize_uint8(self.views, image_size)
         self.ratings = torch.from_numpy(ds["ratings"]).float()  # (N, K)
         self.prompt_index = torch.from_numpy(ds["prompt_index"]).long()
@@ -359,11 +359,15 @@ def train_evaluator(cfg: EvaluatorTrainConfig, out_dir: str | os.PathLike) -> di
     render_size = cfg.train.render_size or cfg.model.image_size
     # inference renders at the size the model was trained on
     cfg.model = dataclasses.replace(cfg.model, render_size=render_size)
-    ds = load_or_build_dataset(cfg.data, render_size, out / "dataset")
+    from debias3d.models.evaluator.views import evaluator_rig
+
+    rig = evaluator_rig(cfg.model.view_frame, cfg.model.scene_radius)
+    ds = load_or_build_dataset(cfg.data, render_size, out / "dataset", rig=rig)
     text_encoder = build("text_encoder", cfg.model.text_encoder)
     prompts = [str(p) for p in ds["prompts"]]
     text = _encode_prompts(text_encoder, prompts, out / "dataset" / "text_features.safetensors")
-    data = _Tensors(ds, text, cfg.model.image_size)
+    # under the "scene" frame the model crops each view at render size itself, as at inference
+    data = _Tensors(ds, text, None if cfg.model.view_frame == "scene" else cfg.model.image_size)
     n = len(data.ratings)
     logger.info("evaluator dataset: %d samples, %d prompts", n, len(prompts))
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ItemError", "ViewBatch", "ViewCache", "mesh_key", "describe_item"]
+__all__ = ["ItemError", "ViewBatch", "ViewCache", "describe_item", "evaluator_rig", "mesh_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,25 @@ def mesh_key(item: Any) -> str:
     elif kind == "face":
         h.update(np.ascontiguousarray(visual.face_colors).tobytes())
     return f"sha:{h.hexdigest()}"
+
+
+def evaluator_rig(view_frame: str = "unit_sphere", scene_radius: float = 1.45) -> Any:
+    """The MATE-3D six-view rig, framed as the evaluator config says.
+
+    ``"unit_sphere"``: MATE-3D's own normalisation (each mesh centred and scaled to radius 1).
+    ``"scene"``: no normalisation; the cameras sit at ``2·scene_radius`` so that the sphere of that
+    radius around the origin fills the frame. ShapeWorld and mini-TRELLIS meshes live in one
+    ``[-1, 1]³`` scene cube, so a *small* box stays small and a *floating* one stays off the ground
+    (under ``unit_sphere`` both are normalised away).
+    """
+    from debias3d.render.cameras import CameraRig, mate3d_rig
+
+    if view_frame == "unit_sphere":
+        return mate3d_rig()
+    if view_frame != "scene":
+        raise ValueError(f"view_frame must be 'unit_sphere' or 'scene', got {view_frame!r}")
+    rig = mate3d_rig(distance=2.0 * float(scene_radius))
+    return CameraRig("mate3d-scene", rig.cameras, normalize="none", fovs=rig.fovs, background=rig.background)
 
 
 class ViewCache:
