@@ -52,15 +52,22 @@ def pairs():
     return clean, bad
 
 
-def test_shipped_evaluator_is_small_and_documented():
-    d = default_weights_dir()
-    assert (d / "model.safetensors").stat().st_size <= 10 * 2**20
-    record = json.loads((d / "training_record.json").read_text())
-    assert set(record["mean_over_folds"]) == {"alignment", "geometry", "texture", "overall"}
+def test_shipped_evaluators_are_small_and_documented():
+    total = 0
+    for variant in ("default", "scene"):
+        d = default_weights_dir(variant)
+        total += (d / "model.safetensors").stat().st_size
+        record = json.loads((d / "training_record.json").read_text())
+        assert set(record["mean_over_folds"]) == {"alignment", "geometry", "texture", "overall"}
+    assert total <= 10 * 2**20
+    with pytest.raises(ValueError, match="variant"):
+        default_weights_dir("nope")
 
 
-def test_shipped_evaluator_prefers_correct_shapes(text_encoder, pairs):
-    ev = ShapeWorldHyperScore.from_pretrained(text_encoder=text_encoder)
+@pytest.mark.parametrize("variant", ["default", "scene"])
+def test_shipped_evaluator_prefers_correct_shapes(text_encoder, pairs, variant):
+    ev = ShapeWorldHyperScore.from_pretrained(variant, text_encoder=text_encoder)
+    assert ev.config.view_frame == ("scene" if variant == "scene" else "unit_sphere")
     clean, bad = pairs
     q_clean = ev.score(ev.prepare_views(clean), PROMPTS)
     q_bad = ev.score(ev.prepare_views(bad), PROMPTS)

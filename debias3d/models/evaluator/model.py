@@ -47,6 +47,7 @@ from debias3d.models.evaluator.views import ItemError, ViewBatch, ViewCache, Vie
 from debias3d.models.persistence import CONFIG_NAME, WEIGHTS_NAME, SavesWithoutTextEncoder
 
 __all__ = [
+    "SHIPPED_VARIANTS",
     "EvaluationResult",
     "HyperScoreBase",
     "ShapeWorldHyperScore",
@@ -57,9 +58,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def default_weights_dir() -> Path:
-    """``debias3d/assets/evaluator/`` — where the shipped embedded weights live."""
-    return Path(__file__).resolve().parents[2] / "assets" / "evaluator"
+#: Shipped weight variants, by name: ``from_pretrained("scene")`` / ``evaluator_weights: scene``.
+SHIPPED_VARIANTS: dict[str, str] = {"default": "evaluator", "scene": "evaluator_scene"}
+
+
+def default_weights_dir(variant: str = "default") -> Path:
+    """Where shipped embedded weights live: ``debias3d/assets/evaluator/`` (the default) or the
+    ``"scene"`` variant's ``debias3d/assets/evaluator_scene/`` (scene-framed views, see
+    :func:`~debias3d.models.evaluator.views.evaluator_rig`)."""
+    if variant not in SHIPPED_VARIANTS:
+        raise ValueError(f"no shipped evaluator variant {variant!r}; available: {sorted(SHIPPED_VARIANTS)}")
+    return Path(__file__).resolve().parents[2] / "assets" / SHIPPED_VARIANTS[variant]
 
 
 @dataclass
@@ -521,13 +530,20 @@ class ShapeWorldHyperScore(HyperScoreBase):
         """Load weights written by :meth:`save_pretrained` (default: the shipped ones).
 
         Args:
-            path: a folder with ``config.json`` + ``model.safetensors``, or the safetensors file.
+            path: a folder with ``config.json`` + ``model.safetensors``, the safetensors file, or
+                the name of a shipped variant (``"default"``, ``"scene"``; used when no such path
+                exists).
             text_encoder: reuse an already-loaded text encoder.
             device: torch device.
         """
         from debias3d.config import from_dict
 
-        p = Path(path) if path is not None else default_weights_dir()
+        if path is None:
+            p = default_weights_dir()
+        elif str(path) in SHIPPED_VARIANTS and not Path(path).exists():
+            p = default_weights_dir(str(path))
+        else:
+            p = Path(path)
         folder = p if p.is_dir() else p.parent
         weights = folder / WEIGHTS_NAME if p.is_dir() else p
         if not weights.is_file():
