@@ -406,7 +406,9 @@ def eval_compare(
 @app.command("demo")
 def demo(
     out: OutOpt = Path("demo"),
-    quick: Annotated[bool, typer.Option(help="A smaller run for a first look (about 3 minutes).")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="A smaller run for a first look (1 to 3 minutes on a 2-core CPU).")
+    ] = False,
     ablations: Annotated[
         bool,
         typer.Option(help="Also run the strategies only_wh, only_wl, random_words with the same budget."),
