@@ -105,3 +105,43 @@ def test_train_resume_is_exact_and_exports(tiny_corpus, tiny_bert_dir, tmp_path)
     assert gen.metadata["training_record"]["seed"] == 0
     assets = gen.generate(["a tall red vase"], seeds=[0], num_samples=1, steps=2)
     assert assets[0].voxels.occupancy.any()
+
+
+def test_weight_ema_average_and_warmup():
+    from debias3d.models.backbone.train import WeightEMA
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = WeightEMA(model, rate=0.5)
+    assert ema.decay() == pytest.approx(0.1)  # warm-up: (1 + 0) / (10 + 0)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # 0.1 * 0 + 0.9 * 1
+    torch.testing.assert_close(ema.shadow["weight"], torch.full((1, 2), 0.9))
+    for _ in range(20):
+        ema.update(model)
+    assert ema.decay() == 0.5  # capped at the rate
+    torch.testing.assert_close(ema.state_dict(model)["weight"], torch.ones(1, 2), atol=1e-4, rtol=0)
+
+
+def test_train_with_ema_exports_average_and_resumes_exactly(tiny_corpus, tiny_bert_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = _tiny_cfg(tiny_bert_dir, stages=["stage1"], ema_rate=0.9)
+    with pytest.raises(ValueError, match="ema_rate"):
+        _tiny_cfg(tiny_bert_dir, ema_rate=1.0)
+    run = train_backbone(cfg, tiny_corpus, tmp_path / "e")
+    ema, raw = load_file(str(run / "stage1.safetensors")), load_file(str(run / "stage1.raw.safetensors"))
+    assert ema.keys() == raw.keys()
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema if "to_qkv" in k)
+    rec = json.loads((run / "training_record.json").read_text())
+    assert rec["stages"]["stage1"]["weights"] == "ema"
+    assert (run / "checkpoints" / "stage1" / "step_2" / "ema.safetensors").is_file()
+
+    shutil.rmtree(run / "checkpoints" / "stage1" / "step_4")
+    (run / "stage1.safetensors").unlink()
+    train_backbone(cfg, tiny_corpus, run)
+    resumed = load_file(str(run / "stage1.safetensors"))
+    for k, v in ema.items():
+        torch.testing.assert_close(resumed[k], v, rtol=0, atol=0)

@@ -39,7 +39,7 @@ from .sampler import SIGMA_MIN, add_noise, drop_condition, sample_logit_normal_t
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BackboneTrainConfig", "train_backbone", "export_pretrained", "TextFeatureTable"]
+__all__ = ["BackboneTrainConfig", "train_backbone", "export_pretrained", "TextFeatureTable", "WeightEMA"]
 
 STAGES = ("stage1", "stage2")
 
@@ -72,6 +72,10 @@ class BackboneTrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear LR warmup steps."})
     grad_clip: float = field(default=1.0, metadata={"help": "Max gradient norm (0 = off)."})
+    ema_rate: float = field(
+        default=0.0,
+        metadata={"help": "Decay of an EMA of the weights (TRELLIS ema_rate); the EMA is exported. 0 = off."},
+    )
     p_uncond: float = field(default=0.1, metadata={"help": "Probability of dropping the text (CFG)."})
     t_mean: float = field(default=1.0, metadata={"help": "Mean of the logit-normal t distribution."})
     t_std: float = field(default=1.0, metadata={"help": "Std of the logit-normal t distribution."})
@@ -134,6 +138,8 @@ class BackboneTrainConfig:
             raise ValueError(
                 f"t_std / sigma_min: need t_std > 0 and 0 < sigma_min < 1 (got {self.t_std}, {self.sigma_min})"
             )
+        if not 0.0 <= self.ema_rate < 1.0:
+            raise ValueError(f"ema_rate: must be in [0, 1), got {self.ema_rate}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("grad_clip / weight_decay: must be >= 0")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -277,6 +283,52 @@ def _lr_lambda(cfg: BackboneTrainConfig, total: int):
     return f
 
 
+class WeightEMA:
+    """Exponential moving average of a model's parameters (TRELLIS ``ema_rate``).
+
+    The decay warms up as ``min(rate, (1 + n) / (10 + n))`` over the ``n`` updates so far, so a short
+    run is not dominated by its random initialisation. Buffers are copied, not averaged.
+    """
+
+    FILE = "ema.safetensors"
+
+    def __init__(self, model: nn.Module, rate: float):
+        self.rate = rate
+        self.updates = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in model.named_parameters()}
+
+    def decay(self) -> float:
+        return min(self.rate, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.decay()
+        names = [k for k, _ in model.named_parameters()]
+        params = [v.detach().float() for _, v in model.named_parameters()]
+        torch._foreach_lerp_([self.shadow[k] for k in names], params, 1.0 - d)
+        self.updates += 1
+
+    def state_dict(self, model: nn.Module) -> dict[str, Tensor]:
+        """The model's state dict with the averaged parameters in place of the raw ones."""
+        state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
+        state.update({k: v.cpu().contiguous() for k, v in self.shadow.items()})
+        return state
+
+    def save(self, d: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.shadow.items()}, str(d / self.FILE),
+                  metadata={"updates": str(self.updates), "rate": str(self.rate)})  # fmt: skip
+
+    def load(self, d: Path) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(d / self.FILE), "pt") as f:
+            self.updates = int(f.metadata()["updates"])
+            for k in f.keys():
+                self.shadow[k] = f.get_tensor(k).float()
+
+
 def _latest_checkpoint(d: Path) -> tuple[Path, int] | None:
     steps = sorted((int(p.name.split("_")[1]), p) for p in d.glob("step_*") if (p / "done").is_file())
     return (steps[-1][1], steps[-1][0]) if steps else None
@@ -310,9 +362,15 @@ def _train_stage(
 
     ckpt_root = out_dir / "checkpoints" / stage
     start = 0
+    ema_w = WeightEMA(acc.unwrap_model(model), cfg.ema_rate) if cfg.ema_rate > 0 else None
     if cfg.resume and (found := _latest_checkpoint(ckpt_root)) is not None:
         acc.load_state(str(found[0]))
         start = found[1]
+        if ema_w is not None:
+            if (found[0] / WeightEMA.FILE).is_file():
+                ema_w.load(found[0])
+            else:  # a checkpoint written without EMA: restart the average from the resumed weights
+                ema_w = WeightEMA(acc.unwrap_model(model), cfg.ema_rate)
         logger.info("%s: resumed from %s (step %d)", stage, found[0], start)
 
     n = data["occupancy"].shape[0]
@@ -334,6 +392,8 @@ def _train_stage(
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+        if ema_w is not None and acc.sync_gradients:
+            ema_w.update(acc.unwrap_model(model))
         last = float(loss.detach())
         ema = last if ema is None else 0.98 * ema + 0.02 * last
         bar.set_postfix(loss=f"{ema:.4f}")
@@ -347,6 +407,8 @@ def _train_stage(
             acc.save_state(str(d))
             acc.wait_for_everyone()
             if acc.is_main_process:
+                if ema_w is not None:
+                    ema_w.save(d)
                 (d / "done").write_text(str(step + 1))
                 _prune(ckpt_root, cfg.keep_checkpoints)
     bar.close()
@@ -356,10 +418,13 @@ def _train_stage(
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().float().contiguous() for k, v in unwrapped.state_dict().items()}
+        if ema_w is not None:  # the EMA is the model; the raw weights are kept beside it
+            save_file(state, str(out_dir / f"{stage}.raw.safetensors"))
+            state = ema_w.state_dict(unwrapped)
         save_file(state, str(out_dir / f"{stage}.safetensors"))
     acc.free_memory()
     return {"steps": total, "resumed_from": start, "final_loss_ema": ema, "final_loss": last,
-            "seconds": round(time.time() - t0, 1)}  # fmt: skip
+            "weights": "ema" if ema_w is not None else "raw", "seconds": round(time.time() - t0, 1)}  # fmt: skip
 
 
 def _prune(root: Path, keep: int) -> None:
