@@ -57,14 +57,16 @@ def ground_truth(prompts, D: int, resolution: int = 16) -> dict:  # noqa: N803
 def training_prompts(corpus_dir: str | Path, per_category: int) -> list:
     from datasets import load_from_disk
 
+    from debias3d.data.shapeworld import vocab
     from debias3d.data.shapeworld.corpus import row_to_prompt
 
     ds = load_from_disk(str(corpus_dir)).select_columns(["prompt", "category", "spec"])
     by: dict[str, list] = defaultdict(list)
     for row in ds:
-        p = row_to_prompt(row)
-        if len(by[p.category]) < per_category:
-            by[p.category].append(p)
+        if len(by[row["category"]]) < per_category:
+            by[row["category"]].append(row_to_prompt(row))
+        if all(len(by[c]) >= per_category for c in vocab.CATEGORIES):
+            break
     return [p for c in sorted(by) for p in by[c]]
 
 

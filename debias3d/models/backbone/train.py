@@ -302,10 +302,10 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        d = self.decay()
-        names = [k for k, _ in model.named_parameters()]
-        params = [v.detach().float() for _, v in model.named_parameters()]
-        torch._foreach_lerp_([self.shadow[k] for k in names], params, 1.0 - d)
+        named = list(model.named_parameters())
+        torch._foreach_lerp_(
+            [self.shadow[k] for k, _ in named], [v.detach().float() for _, v in named], 1.0 - self.decay()
+        )
         self.updates += 1
 
     def state_dict(self, model: nn.Module) -> dict[str, Tensor]:
@@ -361,17 +361,15 @@ def _train_stage(
     model, opt, sched = acc.prepare(model, opt, sched)
 
     ckpt_root = out_dir / "checkpoints" / stage
-    start = 0
-    ema_w = WeightEMA(acc.unwrap_model(model), cfg.ema_rate) if cfg.ema_rate > 0 else None
+    start, resumed = 0, None
     if cfg.resume and (found := _latest_checkpoint(ckpt_root)) is not None:
-        acc.load_state(str(found[0]))
-        start = found[1]
-        if ema_w is not None:
-            if (found[0] / WeightEMA.FILE).is_file():
-                ema_w.load(found[0])
-            else:  # a checkpoint written without EMA: restart the average from the resumed weights
-                ema_w = WeightEMA(acc.unwrap_model(model), cfg.ema_rate)
-        logger.info("%s: resumed from %s (step %d)", stage, found[0], start)
+        resumed, start = found
+        acc.load_state(str(resumed))
+        logger.info("%s: resumed from %s (step %d)", stage, resumed, start)
+    # The average starts from the (resumed) weights, unless the checkpoint carries one.
+    ema_w = WeightEMA(acc.unwrap_model(model), cfg.ema_rate) if cfg.ema_rate > 0 else None
+    if ema_w is not None and resumed is not None and (resumed / WeightEMA.FILE).is_file():
+        ema_w.load(resumed)
 
     n = data["occupancy"].shape[0]
     per_proc = max(1, batch // acc.num_processes)

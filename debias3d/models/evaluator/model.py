@@ -338,9 +338,10 @@ class ShapeWorldHyperScore(HyperScoreBase):
     1. views ``(B, V, 3, 48, 48)`` → fixed view statistics at 48 px (colour histogram over the named
        colours, silhouette components, extents; :meth:`ConvViewEncoder.view_stats`), then resized to
        ``image_size`` (shipped: 32) → :class:`ConvViewEncoder` → tokens ``(B, N = V·17, D)``.
-       The shipped model frames meshes in the ShapeWorld scene (``view_frame="scene"``, not MATE-3D's
-       unit sphere), so the statistics see absolute size and height above the ground, and the CNN
-       reads a crop around each view's silhouette (:func:`crop_to_silhouette`);
+       The default shipped model uses MATE-3D's unit sphere. The ``"scene"`` variant
+       (``view_frame="scene"``) frames meshes in the ShapeWorld scene instead, so the statistics see
+       absolute size and height above the ground, and the CNN reads a crop around each view's
+       silhouette (:func:`crop_to_silhouette`);
     2. frozen MiniLM token features ``(B, T, 384)`` → ``text_proj`` → tokens ``(B, T, D)``;
     3. condition features ``f_c`` ``(K, 384)`` from :class:`PromptLearner` + frozen MiniLM;
     4. ``F``: HyperScore's condition-weighted patch pooling ``(B, K, D)``

@@ -179,12 +179,13 @@ def evaluator_rig(view_frame: str = "unit_sphere", scene_radius: float = 1.45) -
     ``[-1, 1]³`` scene cube, so a *small* box stays small and a *floating* one stays off the ground
     (under ``unit_sphere`` both are normalised away).
     """
+    from debias3d.models.evaluator.config import VIEW_FRAMES
     from debias3d.render.cameras import CameraRig, mate3d_rig
 
+    if view_frame not in VIEW_FRAMES:
+        raise ValueError(f"view_frame must be one of {VIEW_FRAMES}, got {view_frame!r}")
     if view_frame == "unit_sphere":
         return mate3d_rig()
-    if view_frame != "scene":
-        raise ValueError(f"view_frame must be 'unit_sphere' or 'scene', got {view_frame!r}")
     rig = mate3d_rig(distance=2.0 * float(scene_radius))
     return CameraRig("mate3d-scene", rig.cameras, normalize="none", fovs=rig.fovs, background=rig.background)
 
