@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -67,6 +68,10 @@ def _type_name(tp: Any) -> str:
 
 def _where(source: str | None, key: str) -> str:
     return f"{source}: key '{key}'" if source else f"key '{key}'"
+
+
+#: ``1e-4``, ``-2.5E+3``, ``.5``: numbers that YAML 1.1 leaves as strings.
+_FLOAT_LITERAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _convert(value: Any, tp: Any, key: str, source: str | None) -> Any:
@@ -113,6 +118,9 @@ def _convert(value: Any, tp: Any, key: str, source: str | None) -> Any:
         raise fail()
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML (YAML 1.1) reads `1e-4` as a string; accept plain numeric literals.
+        if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
             return float(value)
         raise fail()
     if tp is str:

@@ -90,6 +90,17 @@ def test_overrides_after_file(tmp_path):
     assert cfg.name == "hello world" and cfg.seed == 3
 
 
+def test_exponent_floats_are_floats(tmp_path):
+    """PyYAML reads `3e-4` as a string (YAML 1.1); float fields still take it, in files and overrides."""
+    cfg = load_config(Cfg, write(tmp_path, "lr: 3e-4\nsampler:\n  cfg_interval: [5E-1, 1]\n"))
+    assert cfg.lr == 3e-4 and cfg.sampler.cfg_interval == (0.5, 1.0)
+    assert load_config(Cfg, None, ["lr=2e-5"]).lr == 2e-5
+    with pytest.raises(ConfigError, match="expected float"):
+        load_config(Cfg, None, ["lr=nan"])
+    with pytest.raises(ConfigError, match="expected int"):
+        load_config(Cfg, None, ["seed=1e3"])
+
+
 @pytest.mark.parametrize("bad", ["sampler.steps", "nope.x=1", "sampler.steps=many"])
 def test_bad_overrides(bad):
     with pytest.raises(ConfigError):
