@@ -231,6 +231,8 @@ def test_tiny_training_run_writes_log_record_and_weights(tmp_path, text_encoder,
     record = T.train_evaluator(cfg, tmp_path)
     assert len(record["folds"]) == 2
     assert set(record["mean_over_folds"]) == set(TINY.dimensions)
+    by_source = record["pooled_heldout_by_source"]
+    assert by_source["builder"]["n"] == 12 and set(TINY.dimensions) <= set(by_source["builder"])
     lines = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert any(r.get("phase") == "final" for r in lines)
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "dataset" / "data.npz").is_file()

@@ -384,7 +384,7 @@ def train_evaluator(cfg: EvaluatorTrainConfig, out_dir: str | os.PathLike) -> di
     group = prompt_groups(prompts)
     folds = prompt_folds(group[ds["prompt_index"]], cfg.train.folds, cfg.train.seed)
     fold_results = []
-    all_pred, all_true = [], []
+    all_pred, all_true, all_idx = [], [], []
     for f in cfg.train.fold_ids or range(cfg.train.run_folds):
         test_idx = folds[f]
         train_idx = np.setdiff1d(np.arange(n), test_idx)
@@ -399,11 +399,20 @@ def train_evaluator(cfg: EvaluatorTrainConfig, out_dir: str | os.PathLike) -> di
             model.save_pretrained(out, metadata={"training": "fold 0 model; see training_record.json"})
         all_pred.append(pred)
         all_true.append(true)
+        all_idx.append(test_idx)
         log({"phase": f"fold{f}", "final": res})
 
     summary = summarize_folds(fold_results, dims)
     pooled = correlations(np.concatenate(all_pred), np.concatenate(all_true), dims) if all_pred else {}
     untied = untied_correlations(np.concatenate(all_pred), np.concatenate(all_true), dims) if all_pred else {}
+
+    by_source: dict[str, Any] = {}
+    if all_pred and "source" in ds:
+        src = np.asarray(ds["source"]).astype(str)[np.concatenate(all_idx)]
+        pred_all, true_all = np.concatenate(all_pred), np.concatenate(all_true)
+        for name in sorted(set(src)):
+            keep = src == name
+            by_source[name] = {"n": int(keep.sum()), **correlations(pred_all[keep], true_all[keep], dims)}
 
     record: dict[str, Any] = {
         "protocol": f"{cfg.train.folds}-fold split by prompt (MATE-3D); SRCC/PLCC on held-out prompts",
@@ -413,6 +422,7 @@ def train_evaluator(cfg: EvaluatorTrainConfig, out_dir: str | os.PathLike) -> di
         "mean_over_folds": summary,
         "pooled_heldout": pooled,
         "pooled_heldout_below_max": untied,
+        "pooled_heldout_by_source": by_source,
         "overall_formula": "overall = 0.5*alignment + 0.25*geometry + 0.25*texture",
         "shipped": "final model on all prompts" if cfg.train.final_epochs > 0 else "fold 0 model",
     }
