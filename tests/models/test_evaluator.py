@@ -347,3 +347,19 @@ def test_scene_frame_model_scores_and_config_checks(text_encoder):
     assert q.shape == (2, 4) and torch.isfinite(q).all()
     with pytest.raises(ValueError, match="view_frame"):
         EvaluatorModelConfig(view_frame="cube")
+
+
+def test_generator_samples_are_rated_like_the_rest():
+    """data.generator_samples adds the shipped mini generator's own outputs, rated by the measurer."""
+    from debias3d.models.backbone.generator import DEFAULT_WEIGHTS_DIR, WEIGHTS_NAME
+    from debias3d.models.evaluator.data import EvaluatorDataConfig, make_samples
+
+    if not (DEFAULT_WEIGHTS_DIR / WEIGHTS_NAME).is_file():
+        pytest.fail("the shipped mini-TRELLIS weights are missing")
+    samples = make_samples(EvaluatorDataConfig(n_prompts=2, variants=1, generator_samples=3))
+    gen = [s for s in samples if s.source == "generator"]
+    assert [s.source for s in samples[:2]] == ["builder", "builder"]
+    assert 1 <= len(gen) <= 3  # an empty generated grid is dropped, never rated
+    for s in gen:
+        assert s.ratings.shape == (4,) and np.isfinite(s.ratings).all()
+        assert ((s.ratings >= 0) & (s.ratings <= 1)).all() and s.grid.occupancy.any()

@@ -335,8 +335,15 @@ def _generator_samples(cfg: EvaluatorDataConfig, measured: Callable | None) -> l
     except (ImportError, FileNotFoundError, OSError, ValueError) as exc:
         logger.warning("no generator samples for the evaluator (%s)", exc)
         return []
+    from tqdm.auto import tqdm
+
     prompts = sample_prompts(cfg.generator_samples, rng=cfg.seed + 1)
-    assets = gen.generate([p.text for p in prompts], list(range(len(prompts))), num_samples=1)
+    texts, chunk = [p.text for p in prompts], 64
+    assets = []  # seed = prompt position, so the chunking does not change any sample
+    for s in tqdm(range(0, len(texts), chunk), desc="generator samples", unit="batch", leave=False):
+        assets += gen.generate(
+            texts[s : s + chunk], list(range(s, min(s + chunk, len(texts)))), num_samples=1
+        )
     out = []
     for p, a in zip(prompts, assets, strict=False):
         if a.voxels is None or not a.voxels.occupancy.any():
