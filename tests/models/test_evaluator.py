@@ -363,3 +363,33 @@ def test_generator_samples_are_rated_like_the_rest():
     for s in gen:
         assert s.ratings.shape == (4,) and np.isfinite(s.ratings).all()
         assert ((s.ratings >= 0) & (s.ratings <= 1)).all() and s.grid.occupancy.any()
+
+
+def test_merge_fold_records_keeps_pooled_figures_per_run(tmp_path):
+    import json
+
+    from debias3d.models.evaluator.train import merge_fold_records
+
+    def rec(folds, shipped, pooled):
+        metrics = {"alignment": {"srcc": 0.5 + 0.1 * folds[0], "plcc": 0.6}}
+        return {
+            "n_samples": 10,
+            "folds": [{"fold": f, "n_test": 2, "metrics": metrics} for f in folds],
+            "pooled_heldout": {"alignment": {"srcc": pooled, "plcc": pooled}},
+            "pooled_heldout_by_source": {"builder": {"n": 4}},
+            "shipped": shipped,
+            "seconds": 5.0,
+        }
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(rec([0, 1], "fold 0 model", 0.3)))
+    b.write_text(json.dumps(rec([2], "final model on all prompts", 0.9)))
+    m = merge_fold_records([a, b], tmp_path / "merged.json")
+    assert [f["fold"] for f in m["folds"]] == [0, 1, 2] and m["seconds"] == 10.0
+    assert m["mean_over_folds"]["alignment"]["srcc"] == pytest.approx((0.5 + 0.5 + 0.7) / 3)
+    assert not any(k.startswith("pooled_heldout") for k in m)  # one run's pool is not all folds'
+    assert [r["folds"] for r in m["runs"]] == [[0, 1], [2]]
+    assert m["runs"][1]["pooled_heldout"]["alignment"]["srcc"] == 0.9
+    assert m["shipped"] == "final model on all prompts"
+    with pytest.raises(ValueError, match="twice"):
+        merge_fold_records([a, a], tmp_path / "bad.json")

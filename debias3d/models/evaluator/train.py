@@ -175,19 +175,38 @@ def summarize_folds(fold_results: list[dict[str, Any]], dims: tuple[str, ...]) -
 
 
 def merge_fold_records(records: list[str | os.PathLike], out: str | os.PathLike) -> dict[str, Any]:
-    """Merge ``training_record.json`` files of runs that split the folds (``train.fold_ids``)."""
+    """Merge ``training_record.json`` files of runs that split the folds (``train.fold_ids``).
+
+    Per-fold figures and their mean are merged. Pooled figures cannot be (the predictions are not
+    kept), so each run's own pooled figures stay under ``runs``, labelled with that run's folds.
+    """
     recs = [json.loads(Path(r).read_text()) for r in records]
     folds = sorted((f for r in recs for f in r["folds"]), key=lambda f: f["fold"])
     if len({f["fold"] for f in folds}) != len(folds):
         raise ValueError(f"merge_fold_records: a fold appears twice in {records}")
     dims = tuple(folds[0]["metrics"]) if folds else ()
-    merged = {k: v for k, v in recs[0].items() if k not in ("folds", "mean_over_folds", "pooled_heldout")}
+    merged = {
+        k: v
+        for k, v in recs[0].items()
+        if k not in ("folds", "mean_over_folds", "runs") and not k.startswith("pooled_heldout")
+    }
     merged.update(
         folds=folds,
         mean_over_folds=summarize_folds(folds, dims),
         seconds=sum(r.get("seconds", 0.0) for r in recs),
         merged_from=[str(r) for r in records],
+        runs=[
+            {
+                "record": str(path),
+                "folds": [f["fold"] for f in r["folds"]],
+                **{k: v for k, v in r.items() if k.startswith("pooled_heldout")},
+            }
+            for path, r in zip(records, recs, strict=True)
+        ],
     )
+    finals = [r["shipped"] for r in recs if str(r.get("shipped", "")).startswith("final")]
+    if finals:  # the run that trained the final model says what ships
+        merged["shipped"] = finals[-1]
     Path(out).write_text(json.dumps(merged, indent=2))
     return merged
 
