@@ -266,3 +266,28 @@ def test_small_stage2_budget_gives_same_assets(tiny_generator):
     b = tiny_generator.generate(["a red vase", "a cup"], seeds=[1, 2], num_samples=2)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x.voxels.colors, y.voxels.colors, atol=1e-4)
+
+
+def test_generate_command_records_voxels_and_warns_on_empty_samples(
+    tiny_generator, tmp_path, monkeypatch, caplog
+):
+    import json
+    import logging
+
+    from debias3d.models.backbone import cli
+
+    class Emptying:
+        def generate(self, texts, **kw):
+            assets = tiny_generator.generate(texts, seeds=kw["seeds"], num_samples=kw["num_samples"])
+            occ = assets[1].voxels.occupancy
+            occ[...] = False
+            occ[0, 0, 0] = True  # one voxel: the generator "produced nothing"
+            return assets
+
+    monkeypatch.setattr(cli, "load_generator", lambda *a, **k: Emptying())
+    with caplog.at_level(logging.WARNING, logger=cli.__name__):
+        paths = cli.generate_command(["a red vase"], tmp_path, samples=2)
+    rows = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert len(paths) == 2 and rows[1]["voxels"] == 1 and rows[0]["voxels"] >= cli.MIN_VOXELS
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "0000_1.glb" in warned[0] and "'a red vase'" in warned[0]

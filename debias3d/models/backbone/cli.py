@@ -8,7 +8,10 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["generate_command", "load_generator"]
+__all__ = ["MIN_VOXELS", "generate_command", "load_generator"]
+
+#: Fewer occupied voxels than this and ``generate`` warns that a sample is (almost) empty.
+MIN_VOXELS = 4
 
 
 def load_generator(name: str = "mini-trellis", weights: Path | None = None, **kwargs):
@@ -62,6 +65,20 @@ def generate_command(
             i, d = divmod(k, samples)
             p = export_mesh(a.mesh, out / f"{i:04d}_{d}.{fmt}", fmt)
             paths.append(p)
-            f.write(json.dumps({"prompt": a.prompt, "seed": a.seed, "sample": d, "mesh": p.name}) + "\n")
+            row = {"prompt": a.prompt, "seed": a.seed, "sample": d, "mesh": p.name}
+            voxels = getattr(a, "voxels", None)
+            if voxels is not None:
+                row["voxels"] = n = int(voxels.occupancy.sum())
+                if n < MIN_VOXELS:
+                    logger.warning(
+                        "%s: prompt %d (%r), sample %d has only %d occupied voxel(s); the generator "
+                        "produced (almost) nothing for it",
+                        p.name,
+                        i,
+                        a.prompt,
+                        d,
+                        n,
+                    )
+            f.write(json.dumps(row) + "\n")
     logger.info("wrote %d meshes to %s", len(paths), out)
     return paths
