@@ -308,11 +308,9 @@ class WeightEMA:
         )
         self.updates += 1
 
-    def state_dict(self, model: nn.Module) -> dict[str, Tensor]:
-        """The model's state dict with the averaged parameters in place of the raw ones."""
-        state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
-        state.update({k: v.cpu().contiguous() for k, v in self.shadow.items()})
-        return state
+    def state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` (a model's CPU state dict) with the averaged parameters in place of the raw ones."""
+        return {**state, **{k: v.cpu().contiguous() for k, v in self.shadow.items()}}
 
     def save(self, d: Path) -> None:
         from safetensors.torch import save_file
@@ -418,7 +416,7 @@ def _train_stage(
         state = {k: v.detach().cpu().float().contiguous() for k, v in unwrapped.state_dict().items()}
         if ema_w is not None:  # the EMA is the model; the raw weights are kept beside it
             save_file(state, str(out_dir / f"{stage}.raw.safetensors"))
-            state = ema_w.state_dict(unwrapped)
+            state = ema_w.state_dict(state)
         save_file(state, str(out_dir / f"{stage}.safetensors"))
     acc.free_memory()
     return {"steps": total, "resumed_from": start, "final_loss_ema": ema, "final_loss": last,

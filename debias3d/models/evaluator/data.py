@@ -338,12 +338,10 @@ def _generator_samples(cfg: EvaluatorDataConfig, measured: Callable | None) -> l
     from tqdm.auto import tqdm
 
     prompts = sample_prompts(cfg.generator_samples, rng=cfg.seed + 1)
-    texts, chunk = [p.text for p in prompts], 64
-    assets = []  # seed = prompt position, so the chunking does not change any sample
+    texts, seeds, chunk = [p.text for p in prompts], list(range(len(prompts))), 64
+    assets = []  # seed = prompt position, so the chunking (for the progress bar) changes no sample
     for s in tqdm(range(0, len(texts), chunk), desc="generator samples", unit="batch", leave=False):
-        assets += gen.generate(
-            texts[s : s + chunk], list(range(s, min(s + chunk, len(texts)))), num_samples=1
-        )
+        assets += gen.generate(texts[s : s + chunk], seeds[s : s + chunk], num_samples=1)
     out = []
     for p, a in zip(prompts, assets, strict=False):
         if a.voxels is None or not a.voxels.occupancy.any():

@@ -422,16 +422,16 @@ def train_evaluator(cfg: EvaluatorTrainConfig, out_dir: str | os.PathLike) -> di
         log({"phase": f"fold{f}", "final": res})
 
     summary = summarize_folds(fold_results, dims)
-    pooled = correlations(np.concatenate(all_pred), np.concatenate(all_true), dims) if all_pred else {}
-    untied = untied_correlations(np.concatenate(all_pred), np.concatenate(all_true), dims) if all_pred else {}
-
-    by_source: dict[str, Any] = {}
-    if all_pred and "source" in ds:
-        src = np.asarray(ds["source"]).astype(str)[np.concatenate(all_idx)]
+    pooled, untied, by_source = {}, {}, {}
+    if all_pred:  # every held-out sample of this run's folds, once
         pred_all, true_all = np.concatenate(all_pred), np.concatenate(all_true)
-        for name in sorted(set(src)):
-            keep = src == name
-            by_source[name] = {"n": int(keep.sum()), **correlations(pred_all[keep], true_all[keep], dims)}
+        pooled = correlations(pred_all, true_all, dims)
+        untied = untied_correlations(pred_all, true_all, dims)
+        if "source" in ds:
+            src = np.asarray(ds["source"]).astype(str)[np.concatenate(all_idx)]
+            for name in sorted(set(src)):
+                keep = src == name
+                by_source[name] = {"n": int(keep.sum()), **correlations(pred_all[keep], true_all[keep], dims)}
 
     record: dict[str, Any] = {
         "protocol": f"{cfg.train.folds}-fold split by prompt (MATE-3D); SRCC/PLCC on held-out prompts",
