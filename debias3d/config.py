@@ -22,6 +22,7 @@ dataclasses and refuses anything it cannot check:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -206,21 +207,46 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def _field_default(cls: Any, name: str) -> Any:
+    """The default of dataclass field ``name`` (a fresh copy for factories), or MISSING."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            return copy.deepcopy(f.default)
+    return dataclasses.MISSING
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, cls: Any = None) -> None:
     parts = dotted.split(".")
     node = data
     for p in parts[:-1]:
+        tp = None
+        if cls is not None and dataclasses.is_dataclass(cls):
+            tp = typing.get_type_hints(cls).get(p)
         nxt = node.get(p)
         if nxt is None:
-            nxt = node[p] = {}
+            nxt = {}
+            # `a.mapping.key=v` sets one key of a mapping field: start from the field's default
+            # mapping, so the other keys keep their defaults instead of vanishing.
+            if tp is not None and typing.get_origin(tp) in (dict, Mapping):
+                default = _field_default(cls, p)
+                if isinstance(default, Mapping):
+                    nxt = dict(default)
+            node[p] = nxt
         if not isinstance(nxt, dict):
             raise ConfigError(f"override '{dotted}': '{p}' is not a mapping")
         node = nxt
+        cls = tp if tp is not None and dataclasses.is_dataclass(tp) else None
     node[parts[-1]] = value
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings to a nested dict; values are parsed as YAML scalars/lists."""
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str], cls: Any = None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings to a nested dict; values are parsed as YAML scalars/lists.
+
+    With ``cls`` (the dataclass the dict will build), an override of one key of a mapping field
+    (``corpus.word_frequency.yellow=0.01``) keeps the field's other default keys.
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
@@ -232,7 +258,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        _set_dotted(data, key, value)
+        _set_dotted(data, key, value, cls)
     return data
 
 
@@ -270,7 +296,7 @@ def load_config(
         data = loaded
     overrides = list(overrides)
     if overrides:
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides, cls)
         source = f"{source} (+ overrides)" if source else "command-line overrides"
     return from_dict(cls, data, source=source)
 

@@ -101,6 +101,21 @@ def test_exponent_floats_are_floats(tmp_path):
         load_config(Cfg, None, ["seed=1e3"])
 
 
+def test_override_of_one_mapping_key_keeps_the_other_defaults(tmp_path):
+    """`corpus.word_frequency.yellow=0.01` sets one key; the field's other default keys stay."""
+    from debias3d.data.shapeworld.corpus import DEFAULT_WORD_FREQUENCY, CorpusConfig
+
+    cfg = load_config(CorpusConfig, None, ["word_frequency.yellow=0.01"])
+    assert cfg.word_frequency == {**DEFAULT_WORD_FREQUENCY, "yellow": 0.01}
+    # a mapping given in the file is the base; the override edits it, the defaults do not return
+    p = write(tmp_path, "word_frequency:\n  red: 0.5\n")
+    assert load_config(CorpusConfig, p, ["word_frequency.blue=0.2"]).word_frequency == {"red": 0.5, "blue": 0.2}
+    # the whole mapping can still be replaced, and a nested dataclass still starts from its defaults
+    assert load_config(CorpusConfig, None, ["word_frequency={red: 0.3}"]).word_frequency == {"red": 0.3}
+    cfg = load_config(Cfg, None, ["freq.a=0.5", "sampler.steps=3"])
+    assert cfg.freq == {"a": 0.5} and cfg.sampler == Sampler(steps=3)
+
+
 @pytest.mark.parametrize("bad", ["sampler.steps", "nope.x=1", "sampler.steps=many"])
 def test_bad_overrides(bad):
     with pytest.raises(ConfigError):

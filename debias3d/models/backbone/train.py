@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from debias3d.data.shapeworld.corpus import CorpusConfig
+
 from .flow import FlowModelConfig, SLatFlowModel, SparseStructureFlowModel
 from .generator import CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME, MiniTrellisConfig, build_text_encoder
 from .sampler import SIGMA_MIN, add_noise, drop_condition, sample_logit_normal_t, velocity_target
@@ -92,9 +94,9 @@ class BackboneTrainConfig:
     init_from: str | None = field(
         default=None, metadata={"help": "Run folder whose <stage>.safetensors warm-start the stages."}
     )
-    corpus: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={"help": "CorpusConfig overrides, used when no corpus folder is given."},
+    corpus: CorpusConfig = field(
+        default_factory=CorpusConfig,
+        metadata={"help": "the corpus to write when no corpus folder is given."},
     )
 
     def __post_init__(self) -> None:
@@ -459,7 +461,7 @@ def train_backbone(
     Args:
         cfg: the training config.
         corpus_dir_or_dataset: a ``save_to_disk`` folder, a ``datasets.Dataset``, or ``None`` to
-            write the corpus from ``cfg.corpus`` (``CorpusConfig`` overrides) into ``out_dir/corpus``.
+            write the corpus from ``cfg.corpus`` (a ``CorpusConfig``) into ``out_dir/corpus``.
         out_dir: run folder (resumable).
 
     Returns:
@@ -473,10 +475,9 @@ def train_backbone(
         "source": str(corpus_dir_or_dataset) if corpus_dir_or_dataset is not None else None
     }
     if corpus_dir_or_dataset is None:
-        from debias3d.config import from_dict
-        from debias3d.data.shapeworld.corpus import CorpusConfig, write_corpus
+        from debias3d.data.shapeworld.corpus import write_corpus
 
-        ccfg = from_dict(CorpusConfig, cfg.corpus)
+        ccfg = cfg.corpus
         corpus_dir_or_dataset = out / "corpus"
         if not (Path(corpus_dir_or_dataset) / "dataset_info.json").is_file():
             write_corpus(ccfg, corpus_dir_or_dataset)
