@@ -109,7 +109,10 @@ def test_override_of_one_mapping_key_keeps_the_other_defaults(tmp_path):
     assert cfg.word_frequency == {**DEFAULT_WORD_FREQUENCY, "yellow": 0.01}
     # a mapping given in the file is the base; the override edits it, the defaults do not return
     p = write(tmp_path, "word_frequency:\n  red: 0.5\n")
-    assert load_config(CorpusConfig, p, ["word_frequency.blue=0.2"]).word_frequency == {"red": 0.5, "blue": 0.2}
+    assert load_config(CorpusConfig, p, ["word_frequency.blue=0.2"]).word_frequency == {
+        "red": 0.5,
+        "blue": 0.2,
+    }
     # the whole mapping can still be replaced, and a nested dataclass still starts from its defaults
     assert load_config(CorpusConfig, None, ["word_frequency={red: 0.3}"]).word_frequency == {"red": 0.3}
     cfg = load_config(Cfg, None, ["freq.a=0.5", "sampler.steps=3"])
