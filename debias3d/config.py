@@ -6,7 +6,9 @@ dataclasses and refuses anything it cannot check:
 
 * an unknown key is an error (never silently ignored), with a "did you mean" hint;
 * a value of the wrong type is an error that names the file, the dotted key and the expected type;
-* ``__post_init__`` of each dataclass rejects bad values with a message naming the field.
+* ``__post_init__`` of each dataclass rejects bad values with a message naming the field;
+* an override of one key of a mapping field (``word_frequency.spiky=0.2``) edits that key and keeps
+  the field's other (default or file) keys; ``word_frequency={spiky: 0.2}`` replaces the mapping.
 
 >>> from dataclasses import dataclass, field
 >>> @dataclass
