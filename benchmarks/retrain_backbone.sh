@@ -3,7 +3,7 @@
 # result with debias3d/assets/mini_trellis (issue 3: "a retrain with the same seed gives a model whose
 # fidelity figures match the shipped ones within a stated tolerance").
 #
-#   bash benchmarks/retrain_backbone.sh [OUT]        (default OUT: runs/retrain; ~14 min on 2 cores)
+#   bash benchmarks/retrain_backbone.sh [OUT]        (default OUT: runs/retrain; ~13.5 min on 2 cores)
 #
 # The recipe is configs/shapeworld/backbone.yaml (phase 1) plus a warm-started phase 2 (see that file's
 # header). Phase 1 runs stage 1 and stage 2 as two single-threaded processes sharing one folder, as the
