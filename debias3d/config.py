@@ -225,7 +225,10 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, cls: Any = None) 
     for p in parts[:-1]:
         tp = None
         if cls is not None and dataclasses.is_dataclass(cls):
-            tp = typing.get_type_hints(cls).get(p)
+            try:
+                tp = typing.get_type_hints(cls).get(p)
+            except NameError:  # unresolvable annotation: from_dict reports it; plain merge here
+                tp = None
         nxt = node.get(p)
         if nxt is None:
             nxt = {}

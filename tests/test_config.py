@@ -119,6 +119,18 @@ def test_override_of_one_mapping_key_keeps_the_other_defaults(tmp_path):
     assert cfg.freq == {"a": 0.5} and cfg.sampler == Sampler(steps=3)
 
 
+def test_backbone_corpus_overrides_are_typed_and_merge():
+    """train-backbone's `corpus.*` overrides build a checked CorpusConfig that keeps the skew."""
+    from debias3d.data.shapeworld.corpus import DEFAULT_WORD_FREQUENCY, CorpusConfig
+    from debias3d.models.backbone.train import BackboneTrainConfig
+
+    cfg = load_config(BackboneTrainConfig, None, ["corpus.word_frequency.spiky=0.2", "corpus.n=10"])
+    assert isinstance(cfg.corpus, CorpusConfig) and cfg.corpus.n == 10
+    assert cfg.corpus.word_frequency == {**DEFAULT_WORD_FREQUENCY, "spiky": 0.2}
+    with pytest.raises(ConfigError, match="corpus.nn"):
+        load_config(BackboneTrainConfig, None, ["corpus.nn=10"])
+
+
 @pytest.mark.parametrize("bad", ["sampler.steps", "nope.x=1", "sampler.steps=many"])
 def test_bad_overrides(bad):
     with pytest.raises(ConfigError):
