@@ -10,16 +10,10 @@ dataclasses and refuses anything it cannot check:
 * an override of one key of a mapping field (``word_frequency.spiky=0.2``) edits that key and keeps
   the field's other (default or file) keys; ``word_frequency={spiky: 0.2}`` replaces the mapping.
 
->>> from dataclasses import dataclass, field
->>> @dataclass
-... class Sampler:
-...     steps: int = field(default=25, metadata={"help": "Euler steps"})
->>> @dataclass
-... class Cfg:
-...     seed: int = 0
-...     sampler: Sampler = field(default_factory=Sampler)
->>> load_config(Cfg, overrides=["sampler.steps=10"]).sampler.steps
-10
+>>> from debias3d.data.shapeworld.corpus import CorpusConfig
+>>> cfg = load_config(CorpusConfig, overrides=["n=10", "word_frequency.spiky=0.2"])
+>>> cfg.n, cfg.word_frequency["spiky"], cfg.word_frequency["red"]
+(10, 0.2, 0.14)
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@
   fidelity) and *the rest*. The split is fixed by the base model only, so the fine-tuned model is
   measured on the same two word sets and cannot move the boundary in its own favour.
 
->>> m, lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0], n_boot=200, seed=0)
->>> m, lo <= m <= hi
-(2.5, True)
+>>> ci = bootstrap_ci([1.0, 2.0, 3.0, 4.0], n_boot=200, seed=0)
+>>> ci.mean, ci.lo <= ci.mean <= ci.hi, ci.n
+(2.5, True, 4)
 >>> neglected_split({"red": 0.9, "spiky": 0.1, "tall": 0.8, "flat": 0.3})
 (['spiky'], ['flat', 'red', 'tall'])
 """
