@@ -7,8 +7,9 @@
 #
 # The recipe is configs/shapeworld/backbone.yaml (phase 1) plus a warm-started phase 2 (see that file's
 # header). Phase 1 runs stage 1 and stage 2 as two single-threaded processes sharing one folder, as the
-# shipped model was trained; phase 2 runs them one after the other (the weights do not depend on it). The script prints whether model.safetensors is byte-identical to the
-# shipped file and, with --fidelity as a second argument, also runs `debias3d world fidelity` on it.
+# shipped model was trained; phase 2 runs them one after the other (the weights do not depend on it).
+# The script prints whether model.safetensors is byte-identical to the shipped file and, with
+# --fidelity as a second argument, also runs `debias3d world fidelity` on it.
 set -euo pipefail
 OUT=${1:-runs/retrain}
 PY=${PY:-.venv/bin/python}
@@ -41,13 +42,15 @@ train phase2 stage1 $P2
 
 "$PY" - "$OUT/phase2/final/model.safetensors" <<'EOF'
 import sys
-from safetensors.torch import load_file
+from pathlib import Path
+from safetensors.torch import load
 from debias3d.models.backbone.generator import DEFAULT_WEIGHTS_DIR, WEIGHTS_NAME
-a, b = load_file(sys.argv[1]), load_file(str(DEFAULT_WEIGHTS_DIR / WEIGHTS_NAME))
+raw_a, raw_b = Path(sys.argv[1]).read_bytes(), (DEFAULT_WEIGHTS_DIR / WEIGHTS_NAME).read_bytes()
+a, b = load(raw_a), load(raw_b)
 if a.keys() != b.keys():
     sys.exit(f"retrain: tensor names differ from the shipped weights ({len(a)} vs {len(b)})")
 diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-same = open(sys.argv[1], "rb").read() == open(DEFAULT_WEIGHTS_DIR / WEIGHTS_NAME, "rb").read()
+same = raw_a == raw_b
 print(f"retrain vs shipped: {len(a)} tensors, max abs weight difference {diff:.3g}, byte-identical file: {same}")
 EOF
 
