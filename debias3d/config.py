@@ -203,33 +203,32 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
-def _field_default(cls: Any, name: str) -> Any:
-    """The default of dataclass field ``name`` (a fresh copy for factories), or MISSING."""
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-            return copy.deepcopy(f.default)
-    return dataclasses.MISSING
+def _field_default(f: dataclasses.Field) -> Any:
+    """The default of a dataclass field (a fresh value for factories), or ``dataclasses.MISSING``."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default if f.default is dataclasses.MISSING else copy.deepcopy(f.default)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any, cls: Any = None) -> None:
     parts = dotted.split(".")
     node = data
     for p in parts[:-1]:
-        tp = None
+        fld, tp = None, None  # the dataclass field `p` of `cls` and its type, when known
         if cls is not None and dataclasses.is_dataclass(cls):
-            try:
-                tp = typing.get_type_hints(cls).get(p)
-            except NameError:  # unresolvable annotation: from_dict reports it; plain merge here
-                tp = None
+            fld = {f.name: f for f in dataclasses.fields(cls)}.get(p)
+            if fld is not None:
+                try:
+                    tp = typing.get_type_hints(cls)[p]
+                except NameError:  # unresolvable annotation: from_dict reports it; plain merge here
+                    tp = None
         nxt = node.get(p)
         if nxt is None:
             nxt = {}
             # `a.mapping.key=v` sets one key of a mapping field: start from the field's default
             # mapping, so the other keys keep their defaults instead of vanishing.
             if tp is not None and typing.get_origin(tp) in (dict, Mapping):
-                default = _field_default(cls, p)
+                default = _field_default(fld)
                 if isinstance(default, Mapping):
                     nxt = dict(default)
             node[p] = nxt
@@ -318,11 +317,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         if dataclasses.is_dataclass(tp):
             rows.extend(describe(tp, prefix=key + "."))
             continue
-        if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            default = repr(f.default_factory())
-        else:
-            default = "(required)"
+        value = _field_default(f)
+        default = "(required)" if value is dataclasses.MISSING else repr(value)
         rows.append((key, _type_name(tp), default, f.metadata.get("help", "")))
     return rows
