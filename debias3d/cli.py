@@ -63,13 +63,17 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (create
 
 
 def _setup_logging(verbose: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
+    # Logs go to stderr so that stdout carries only a command's results (pipe-friendly).
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False, markup=False)],
+        handlers=[
+            RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
+        ],
         force=True,
     )
     # Libraries that chatter at INFO.

@@ -148,13 +148,3 @@ def test_describe_lists_nested_keys_with_help():
     rows = {r[0]: r for r in describe(Cfg)}
     assert rows["seed"][3] == "Random seed."
     assert rows["sampler.steps"][1] == "int" and rows["sampler.steps"][2] == "25"
-
-
-def test_module_doc_example_runs():
-    """The module docstring's example (a one-key mapping override) runs as written."""
-    import doctest
-
-    import debias3d.config
-
-    result = doctest.testmod(debias3d.config)
-    assert result.attempted >= 3 and result.failed == 0

@@ -14,11 +14,10 @@ Sec. 4.2 and appendix C.3) finds such words with pointwise mutual information::
 * A word contradicts view ``v`` when its PMI for ``v`` is below the threshold (0.95).
 
 The real backend is ``bert-base-uncased`` (``BertForMaskedLM``) from a local folder; the tests use
-a tiny random ``BertConfig`` model and a tiny WordPiece vocabulary.
+a tiny random ``BertConfig`` model and a tiny WordPiece vocabulary. With real weights::
 
->>> auditor = ViewContradictionAuditor.from_pretrained("/models/bert-base-uncased")  # doctest: +SKIP
->>> auditor.audit(["a smiling dog"])[0].flagged                                        # doctest: +SKIP
-{'back': ['smiling']}
+    auditor = ViewContradictionAuditor.from_pretrained("/models/bert-base-uncased")
+    auditor.audit(["a smiling dog"])[0].flagged   # {'back': ['smiling']}
 """
 
 from __future__ import annotations

@@ -229,9 +229,9 @@ def hf_token_counter(tokenizer: Any) -> Callable[[str], int]:
 
     Special tokens are counted (the encoder's limit includes them) and nothing is truncated.
 
-    >>> from transformers import AutoTokenizer  # doctest: +SKIP
-    >>> count = hf_token_counter(AutoTokenizer.from_pretrained(path))  # doctest: +SKIP
-    >>> count("a red chair")  # doctest: +SKIP
+    >>> from debias3d.models.text_encoder import MiniLMTextEncoder
+    >>> count = hf_token_counter(MiniLMTextEncoder().tokenizer)
+    >>> count("a red chair")
     5
     """
 

@@ -3,10 +3,10 @@
 Both stages live in ONE container, ``nn.ModuleDict(generator.flow_models)``
 (``{"stage1": SparseStructureFlowModel, "stage2": SLatFlowModel}`` for mini TRELLIS; the TRELLIS
 adapter exposes the same dict). One standard peft adapter directory
-(``adapter_config.json`` + ``adapter_model.safetensors``) then covers both stages, and
+(``adapter_config.json`` + ``adapter_model.safetensors``) then covers both stages, and::
 
->>> container = flow_container(generator)                                  # doctest: +SKIP
->>> PeftModel.from_pretrained(container, "runs/ft")                        # doctest: +SKIP
+    container = flow_container(generator)
+    PeftModel.from_pretrained(container, "runs/ft")
 
 reloads it. peft injects the LoRA layers *inside* the stage modules, so the generator that owns
 them samples with the adapter without any other change.

@@ -13,9 +13,9 @@ The evaluator / audit needs gradients w.r.t. token embeddings, so the forward pa
 
 ``encode`` is the no-grad, cached path used by generation.
 
->>> enc = MiniLMTextEncoder()                        # doctest: +SKIP
->>> feats, mask = enc.encode(["a red vase"])         # doctest: +SKIP
->>> feats.shape[-1]                                  # doctest: +SKIP
+>>> enc = MiniLMTextEncoder()
+>>> feats, mask = enc.encode(["a red vase"])
+>>> feats.shape[-1]
 384
 """
 

@@ -19,9 +19,9 @@ camera show their vertex colour almost unchanged while the silhouette still read
 
 >>> import trimesh
 >>> from debias3d.render import Renderer, mate3d_rig
->>> with Renderer(image_size=64) as r:  # doctest: +SKIP
+>>> with Renderer(image_size=64) as r:
 ...     imgs = r.render(trimesh.creation.box(), mate3d_rig())
->>> imgs.shape  # doctest: +SKIP
+>>> imgs.shape
 (6, 64, 64, 3)
 """
 
@@ -238,8 +238,12 @@ class Renderer:
         default_color: RGB uint8 colour for meshes without vertex/face colours.
 
     Example:
-        >>> with Renderer(image_size=128) as r:  # doctest: +SKIP
-        ...     views = r.render(mesh, mate3d_rig())  # (6, 128, 128, 3) uint8
+        >>> import trimesh
+        >>> from debias3d.render import mate3d_rig
+        >>> with Renderer(image_size=128) as r:
+        ...     views = r.render(trimesh.creation.icosphere(), mate3d_rig())
+        >>> views.shape, views.dtype
+        ((6, 128, 128, 3), dtype('uint8'))
     """
 
     def __init__(

@@ -12,12 +12,17 @@ Two backends share :class:`HyperScoreBase` (scoring API, view cache, bad-input h
 The audit back-propagates scores to the prompt's token embeddings (Eq. 3, ``e'_i = Σ|∂q/∂e_i|``),
 so :meth:`HyperScoreBase.score_from_embeddings` takes ``inputs_embeds`` as a leaf tensor:
 
->>> ev = ShapeWorldHyperScore.from_pretrained()                     # doctest: +SKIP
->>> views = ev.prepare_views(assets)             # rendered once, cached   # doctest: +SKIP
->>> enc = ev.tokenize([a.prompt for a in assets])                   # doctest: +SKIP
->>> emb = ev.embed_tokens(enc["input_ids"]).detach().requires_grad_()  # doctest: +SKIP
->>> q = ev.score_from_embeddings(views, emb, enc["attention_mask"])  # (B, 4)  # doctest: +SKIP
->>> q[:, 3].sum().backward(); emb.grad.abs().sum(-1)                # (B, T)  # doctest: +SKIP
+>>> from debias3d.data.shapeworld import build, parse
+>>> assets = [build(parse(p), rng=0, prompt=p) for p in ("a red vase", "two blue boxes")]
+>>> ev = ShapeWorldHyperScore.from_pretrained()
+>>> views = ev.prepare_views(assets)                      # rendered once, cached
+>>> enc = ev.tokenize([a.prompt for a in assets])
+>>> emb = ev.embed_tokens(enc["input_ids"]).detach().requires_grad_()
+>>> q = ev.score_from_embeddings(views, emb, enc["attention_mask"])
+>>> _ = q[:, 3].sum().backward()
+>>> saliency = emb.grad.abs().sum(-1)                     # e'_i per token
+>>> tuple(q.shape), tuple(saliency.shape) == tuple(enc["input_ids"].shape)
+((2, 4), True)
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ Steps of :func:`train_evaluator`:
    ``training_record.json`` (fold SRCC / PLCC) to ``out_dir``.
 
 Loss: MSE on each dimension plus a pairwise ranking hinge inside the batch (SRCC is a rank metric).
+Example (about 30 min on 2 cores with the shipped config)::
 
->>> train_evaluator_command("configs/shapeworld/evaluator.yaml", ["train.epochs=2"], "runs/ev")  # doctest: +SKIP
+    train_evaluator_command("configs/shapeworld/evaluator.yaml", ["train.epochs=2"], "runs/ev")
 """
 
 from __future__ import annotations
