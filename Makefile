@@ -45,9 +45,17 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(VENV)/bin/debias3d demo --quick --out demo-quick
 
+# The benchmark scripts with the commands BENCHMARKS.md records (about 15 min on 2 cores). The
+# long measurements (fidelity, evaluator training, demo, ablations) have their own commands there.
 bench: $(STAMP)
+	mkdir -p benchmarks/results
 	$(PY) benchmarks/render.py --json benchmarks/results/render.json
-	$(PY) benchmarks/generate.py --json benchmarks/results/generate.json
+	$(PY) benchmarks/generate.py --prompts 32 --samples 4 --naive-limit 32 --json benchmarks/results/generate.json
+	$(PY) benchmarks/evaluator.py --batch 32 --threads 1 --json > benchmarks/results/evaluator.json
+	$(PY) benchmarks/attribution.py --repeats 3 --threads 1 --json benchmarks/results/attribution.json
+	$(PY) benchmarks/augment.py --json benchmarks/results/augment.json
+	$(PY) benchmarks/finetune.py --threads 1 --steps 20 --warmup 2 --json > benchmarks/results/finetune_shipped.json
+	$(PY) benchmarks/train_step.py --threads 1 --json benchmarks/results/train_step.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
