@@ -291,3 +291,31 @@ def test_generate_command_records_voxels_and_warns_on_empty_samples(
     assert len(paths) == 2 and rows[1]["voxels"] == 1 and rows[0]["voxels"] >= cli.MIN_VOXELS
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "0000_1.glb" in warned[0] and "'a red vase'" in warned[0]
+
+
+@pytest.mark.parametrize("prompts", [[""], ["a red vase", "   "]])
+def test_generate_command_rejects_empty_prompts_before_loading(prompts, tmp_path, monkeypatch):
+    from debias3d.models.backbone import cli
+
+    def never(*a, **k):
+        raise AssertionError("the generator must not be loaded for a bad prompt")
+
+    monkeypatch.setattr(cli, "load_generator", never)
+    with pytest.raises(ValueError, match=rf"prompt {len(prompts)} of {len(prompts)} is empty"):
+        cli.generate_command(prompts, tmp_path)
+    assert not (tmp_path / "manifest.jsonl").exists()
+
+
+def test_generate_command_takes_a_prompt_too_long_for_a_path_and_warns(tiny_generator, monkeypatch, caplog):
+    """A prompt of 2,000 words is not mistaken for a file name (no OSError); the cut is logged."""
+    import logging
+
+    from debias3d.models.backbone import cli
+
+    long_prompt = "red " * 2000
+    monkeypatch.setattr(tiny_generator.text_encoder, "max_length", 32)  # the encoder is session-wide
+    with caplog.at_level(logging.WARNING, logger=cli.__name__):
+        cli._warn_truncated([long_prompt, "a red vase"], tiny_generator)
+    assert cli._read_prompts([long_prompt]) == [long_prompt]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "prompt 1 (" in warned[0] and "only the first 32" in warned[0]

@@ -24,13 +24,56 @@ def load_generator(name: str = "mini-trellis", weights: Path | None = None, **kw
     )
 
 
+def _is_file(text: str) -> bool:
+    """``Path(text).is_file()``, False for strings no file system accepts as a path (too long, NUL)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _read_prompts(prompts: list[str]) -> list[str]:
-    if len(prompts) == 1 and Path(prompts[0]).is_file():
+    """The prompts given on the command line, or those of one prompt file.
+
+    Raises:
+        ValueError: a prompt that is empty or only whitespace (it would sample the unconditional
+            model), naming its position.
+    """
+    if len(prompts) == 1 and _is_file(prompts[0]):
         from debias3d.data import prompts as prompt_io
 
         loaded = prompt_io.load_prompts(prompts[0])
         return [getattr(p, "prompt", getattr(p, "text", p)) for p in loaded]
+    if not prompts:
+        raise ValueError("no prompts given")
+    for i, text in enumerate(prompts):
+        if not text.strip():
+            raise ValueError(
+                f"prompt {i + 1} of {len(prompts)} is empty: give a text (an empty prompt would sample "
+                "the unconditional model)"
+            )
     return list(prompts)
+
+
+def _warn_truncated(texts: list[str], gen) -> None:  # noqa: ANN001
+    """Warn, per prompt, when the generator's text encoder will cut it to its token limit."""
+    enc = getattr(gen, "text_encoder", None)
+    tokenizer, limit = getattr(enc, "tokenizer", None), getattr(enc, "max_length", None)
+    if tokenizer is None or not isinstance(limit, int):
+        return
+    from debias3d.data.prompts import hf_token_counter
+
+    count = hf_token_counter(tokenizer)
+    for i, text in enumerate(texts):
+        n = count(text)
+        if n > limit:
+            logger.warning(
+                "prompt %d (%r) has %d tokens; the text encoder reads only the first %d",
+                i + 1,
+                text if len(text) <= 60 else text[:57] + "...",
+                n,
+                limit,
+            )
 
 
 def generate_command(
@@ -50,6 +93,7 @@ def generate_command(
 
     texts = _read_prompts(prompts)
     gen = load_generator(generator, weights)
+    _warn_truncated(texts, gen)
     if adapter is not None:
         if not hasattr(gen, "load_adapter"):
             raise ValueError(f"generator {generator!r} cannot load adapters yet")
@@ -80,5 +124,5 @@ def generate_command(
                         n,
                     )
             f.write(json.dumps(row) + "\n")
-    logger.info("wrote %d meshes to %s", len(paths), out)
+    logger.info("wrote %d mesh%s to %s", len(paths), "" if len(paths) == 1 else "es", out)
     return paths
