@@ -99,11 +99,19 @@ def _user_errors() -> Iterator[None]:
     """Turn errors a user can fix into one line on stderr and exit code 1.
 
     Bad configs (ConfigError), bad prompt files (PromptFileError), bad data (DataError) are all
-    ValueErrors; missing files and missing optional backends (e.g. TRELLIS) are the other two.
+    ValueErrors; missing optional backends (e.g. TRELLIS) are ImportErrors; a path the system
+    refuses (missing, too long, not permitted, a folder where a file is needed) is an OSError, whose
+    path is shortened to keep the message on one line.
     """
     try:
         yield
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, ImportError) as e:
+        raise _fail(str(e)) from None
+    except OSError as e:
+        if e.filename is not None and e.strerror:
+            name = str(e.filename)
+            name = name if len(name) <= 120 else f"{name[:100]}... ({len(name)} characters)"
+            raise _fail(f"{name}: {e.strerror}") from None
         raise _fail(str(e)) from None
 
 

@@ -110,3 +110,12 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path, argv):
     assert "Traceback" not in result.output
     assert "error:" in result.output
     assert "nonexistent" in result.output
+
+
+def test_a_path_too_long_for_the_system_is_a_one_line_error(tmp_path):
+    long_path = "p" * 5000
+    result = runner.invoke(app, ["audit", "--prompts", long_path, "--out", str(tmp_path / "au")])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("error:"))
+    assert "File name too long" in line and "(5000 characters)" in line and len(line) < 200
