@@ -18,6 +18,37 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; a malformed one is a ValueError that names the file and the place.
+
+    >>> import tempfile, pathlib
+    >>> bad = pathlib.Path(tempfile.mkdtemp()) / "config.json"
+    >>> _ = bad.write_text('{"stage1": 3')
+    >>> read_json(bad)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: .../config.json: not valid JSON (Expecting ',' delimiter, line 1 column 13)
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    """``safetensors.torch.load_file``; a truncated or foreign file is a ValueError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
 class SavesWithoutTextEncoder:
     """Mixin for ``nn.Module`` subclasses with a dataclass ``config`` and a ``text_encoder`` child."""
 

@@ -135,21 +135,21 @@ class MiniTrellisGenerator:
         text_encoder: nn.Module | None = None,
     ) -> MiniTrellisGenerator:
         """Load ``config.json`` + ``model.safetensors`` from ``path`` (default: the shipped weights)."""
-        from safetensors.torch import load_file
+        from debias3d.models.persistence import load_safetensors, read_json
 
         d = Path(path) if path is not None else DEFAULT_WEIGHTS_DIR
         if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(
                 f"no mini-TRELLIS weights in {d} (expected {CONFIG_NAME} and {WEIGHTS_NAME})"
             )
-        config = MiniTrellisConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+        config = MiniTrellisConfig.from_dict(read_json(d / CONFIG_NAME))
         gen = cls(config, text_encoder=text_encoder, device=device)
-        state = load_file(str(d / WEIGHTS_NAME))
+        state = load_safetensors(d / WEIGHTS_NAME)
         for key, module in gen.flow_models.items():
             sub = {k[len(key) + 1 :]: v.float() for k, v in state.items() if k.startswith(key + ".")}
             module.load_state_dict(sub, strict=True)
         if (d / RECORD_NAME).is_file():
-            gen.metadata["training_record"] = json.loads((d / RECORD_NAME).read_text())
+            gen.metadata["training_record"] = read_json(d / RECORD_NAME)
         gen.metadata["weights"] = str(d)
         return gen
 

@@ -236,9 +236,9 @@ class CLIPHyperScore(HyperScoreBase):
     # ----------------------------------------------------------------- persistence
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load a converted checkpoint: head keys, plus ``clip.*`` keys if present."""
-        from safetensors.torch import load_file
+        from debias3d.models.persistence import load_safetensors
 
-        state = load_file(str(path))
+        state = load_safetensors(path)
         head = {k: v for k, v in state.items() if not k.startswith("clip.")}
         clip_state = {k[len("clip.") :]: v for k, v in state.items() if k.startswith("clip.")}
         missing, unexpected = self.load_state_dict(head, strict=False)

@@ -27,7 +27,6 @@ so :meth:`HyperScoreBase.score_from_embeddings` takes ``inputs_embeds`` as a lea
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -49,7 +48,13 @@ from debias3d.models.evaluator.layers import (
     target_mlp,
 )
 from debias3d.models.evaluator.views import ItemError, ViewBatch, ViewCache, ViewFeatures, evaluator_rig
-from debias3d.models.persistence import CONFIG_NAME, WEIGHTS_NAME, SavesWithoutTextEncoder
+from debias3d.models.persistence import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    SavesWithoutTextEncoder,
+    load_safetensors,
+    read_json,
+)
 
 __all__ = [
     "SHIPPED_VARIANTS",
@@ -282,9 +287,8 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load ``model.safetensors`` written by :meth:`save_pretrained` (strict except the encoder)."""
-        from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        state = load_safetensors(path)
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("text_encoder.")]
         if missing or unexpected:
@@ -560,9 +564,7 @@ class ShapeWorldHyperScore(HyperScoreBase):
         cfg_file = folder / CONFIG_NAME
         cfg = EvaluatorModelConfig()
         if cfg_file.is_file():
-            cfg = from_dict(
-                EvaluatorModelConfig, json.loads(cfg_file.read_text())["config"], source=str(cfg_file)
-            )
+            cfg = from_dict(EvaluatorModelConfig, read_json(cfg_file)["config"], source=str(cfg_file))
         model = cls(cfg, text_encoder=text_encoder)
         model.load_weights(weights)
         return model.to(device).eval()

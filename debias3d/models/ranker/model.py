@@ -12,7 +12,6 @@ corrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -24,7 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from debias3d.models.persistence import CONFIG_NAME, WEIGHTS_NAME, SavesWithoutTextEncoder
+from debias3d.models.persistence import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    SavesWithoutTextEncoder,
+    load_safetensors,
+    read_json,
+)
 from debias3d.models.ranker.base import RankerBase
 
 __all__ = ["RankerModelConfig", "ShapeWorldRanker", "default_weights_dir"]
@@ -144,8 +149,6 @@ class ShapeWorldRanker(SavesWithoutTextEncoder, RankerBase, nn.Module):
         cls, path: str | os.PathLike | None = None, text_encoder: Any = None, device: str = "cpu"
     ) -> ShapeWorldRanker:
         """Load weights from ``path`` (a folder or safetensors file; default: the shipped ones)."""
-        from safetensors.torch import load_file
-
         from debias3d.config import from_dict
 
         p = Path(path) if path is not None else default_weights_dir()
@@ -157,9 +160,9 @@ class ShapeWorldRanker(SavesWithoutTextEncoder, RankerBase, nn.Module):
             )
         cfg = RankerModelConfig()
         if (folder / CONFIG_NAME).is_file():
-            cfg = from_dict(RankerModelConfig, json.loads((folder / CONFIG_NAME).read_text())["config"])
+            cfg = from_dict(RankerModelConfig, read_json(folder / CONFIG_NAME)["config"])
         model = cls(cfg, text_encoder=text_encoder)
-        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        missing, unexpected = model.load_state_dict(load_safetensors(weights), strict=False)
         missing = [k for k in missing if not k.startswith("text_encoder.")]
         if missing or unexpected:
             raise ValueError(f"{weights}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
