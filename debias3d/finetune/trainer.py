@@ -175,11 +175,22 @@ def _log_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def _trim_log(path: Path, keep_until: int) -> None:
-    """Keep rows with ``step <= keep_until`` (a resumed run rewrites the steps after its checkpoint)."""
+    """Keep rows with ``step <= keep_until`` (a resumed run rewrites the steps after its checkpoint).
+
+    A line that does not parse (the last row, torn when the run was killed mid-write) is dropped
+    with a warning: the resumed run writes that step again.
+    """
     if not path.is_file():
         return
-    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    kept = [r for r in rows if r.get("step", 0) <= keep_until]
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("%s: line %d is not a JSON row (torn by a kill?); dropped", path, n)
+    kept = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= keep_until]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
