@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from debias3d.models.persistence import read_json
+
 __all__ = ["JobStore", "item_key", "atomic_write_bytes", "atomic_write_text", "read_records", "status"]
 
 logger = logging.getLogger(__name__)
@@ -253,7 +255,7 @@ def status(out_dir: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"{out} has no job/ folder: not an augmentation output")
     plan: dict[str, Any] = {}
     if (job / PLAN_NAME).is_file():
-        plan = json.loads((job / PLAN_NAME).read_text())
+        plan = read_json(job / PLAN_NAME)
     records, torn = read_records(job)
     stages: dict[str, dict[str, int]] = {}
     for stage in ("semantic", "original", "visual"):

@@ -8,13 +8,14 @@ are read on the same word sets when they share the prompt set.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from debias3d.models.persistence import read_json
 
 __all__ = ["load_run", "compare_runs", "compare_command"]
 
@@ -29,7 +30,7 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     if not (d / "summary.json").is_file():
         raise FileNotFoundError(f"{d}: no summary.json; is this a `debias3d eval` output folder?")
     tables = {p.stem: pd.read_csv(p) for p in sorted((d / "tables").glob("*.csv"))}
-    return {"path": d, "summary": json.loads((d / "summary.json").read_text()), "tables": tables}
+    return {"path": d, "summary": read_json(d / "summary.json"), "tables": tables}
 
 
 def _num(x: Any) -> float:

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from debias3d.eval.config import EvalConfig
+from debias3d.models.persistence import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ class ModelRun:
     def load(cls, d: str | os.PathLike) -> ModelRun:
         """Read a run written by :meth:`save`."""
         d = Path(d)
-        meta = json.loads((d / "run.json").read_text())
+        meta = read_json(d / "run.json")
         return cls(
             meta["name"],
             pd.read_parquet(d / "samples.parquet"),

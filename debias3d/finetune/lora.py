@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from debias3d.models.persistence import read_json
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -180,7 +182,7 @@ def write_adapter_info(adapter_dir: str | os.PathLike, info: dict[str, Any]) -> 
 def read_adapter_info(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     """The :data:`ADAPTER_INFO_NAME` record, or ``{}`` when the folder has none."""
     p = Path(adapter_dir) / ADAPTER_INFO_NAME
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    return read_json(p) if p.is_file() else {}
 
 
 def _check_adapter_dir(adapter_dir: str | os.PathLike) -> Path:

@@ -10,9 +10,10 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported by the loaders, not by read_json's light users
+    from torch import Tensor
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"

@@ -133,6 +133,9 @@ def test_compare_prints_and_plots(demo, tmp_path, capsys):
     assert "B − A" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="summary.json"):
         compare_command(tmp_path, b)
+    (b / "summary.json").write_text('{"fidelity": ')  # a run folder with a damaged summary
+    with pytest.raises(ValueError, match=r"b/summary\.json: not valid JSON"):
+        compare_command(out / "eval", b)
 
 
 def test_base_run_is_reused_and_matches(demo, tiny_models, tmp_path):
