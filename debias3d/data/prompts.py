@@ -327,6 +327,11 @@ def _decode(path: Path, issues: _Collector) -> _Decoded:
                 "encoding",
                 f"invalid UTF-8 byte(s) at column {exc.start + 1} replaced with U+FFFD",
             )
+    if len(bad) > len(lines) / 2:
+        raise PromptFileError(
+            f"{path}: {len(bad)} of {len(lines)} lines are not UTF-8 text (a binary file, or another "
+            "encoding such as Latin-1?); prompt files are UTF-8"
+        )
     return _Decoded("\n".join(lines), lines, bad)
 
 

@@ -267,7 +267,9 @@ ERROR_CASES = [
     ("cols.tsv", "\n\nText\tkind\na\tb\n", r":3: no 'prompt' column \(found columns: 'Text', 'kind'\)$"),
     ("allblank.csv", "prompt\n\n,\n", r": no usable prompt \(2 blank\)$"),
     ("dups.txt", "a\nA\n", None),  # fine: one prompt left
-    ("junk.txt", b"\xff\n", r": no usable prompt \(1 encoding, 1 unusable\)$"),
+    ("junk.txt", b"\xff\n", r": 1 of 1 lines are not UTF-8 text \(a binary file"),
+    ("random.txt", bytes(range(256)) * 8, r": \d+ of \d+ lines are not UTF-8 text"),
+    ("latin1.txt", "une chaise rouge\nun château\nune tête\n".encode("latin-1"), r": 2 of 3 lines are not"),
     ("badjson.jsonl", "{\n[\n", r": no usable prompt \(2 bad_json\)$"),
     ("bad.json", '["a",\n  "b"\n', r":\d+: invalid JSON: "),
     ("scalar.json", "42", r": JSON top level is a int, expected a list$"),
