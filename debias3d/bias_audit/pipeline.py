@@ -317,17 +317,10 @@ def _round(obj: Any, digits: int = 6) -> Any:
 
 
 def _read_shards(shard_dir: Path) -> list[dict[str, Any]]:
-    records = []
-    for path in sorted(shard_dir.glob("shard-*.jsonl")):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                # a process killed mid-write leaves a partial last line; that prompt is redone
-                logger.warning("%s:%d: incomplete record ignored", path, n)
-    return records
+    """Every record of every shard; a torn last line is dropped (read_jsonl) and its prompt redone."""
+    from debias3d.models.persistence import read_jsonl
+
+    return [r for path in sorted(shard_dir.glob("shard-*.jsonl")) for r in read_jsonl(path)]
 
 
 def _fidelity_from_table(path: str) -> dict[str, float]:

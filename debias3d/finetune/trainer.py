@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from debias3d.models.persistence import read_jsonl
+
 from .config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -182,15 +184,7 @@ def _trim_log(path: Path, keep_until: int) -> None:
     """
     if not path.is_file():
         return
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            logger.warning("%s: line %d is not a JSON row (torn by a kill?); dropped", path, n)
-    kept = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= keep_until]
+    kept = [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("step", 0) <= keep_until]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 

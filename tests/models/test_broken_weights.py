@@ -49,3 +49,19 @@ def test_malformed_config_names_the_file_and_place(weights_copy):
     (folder / "config.json").write_text('{"stage1": 3')
     with pytest.raises(ValueError, match=r"config\.json: not valid JSON \(.*line 1 column 13\)"):
         _load(kind, folder)
+
+
+def test_read_jsonl_drops_a_torn_last_row_and_names_it(tmp_path, caplog):
+    import logging
+
+    from debias3d.bias_audit.pipeline import _read_shards
+    from debias3d.models.persistence import read_jsonl
+
+    shard = tmp_path / "shard-000.jsonl"
+    shard.write_text('{"prompt_id": "a"}\n\n{"prompt_id": "b"}\n{"prompt_id": "c", "sc')
+    with caplog.at_level(logging.WARNING, logger="debias3d.models.persistence"):
+        assert read_jsonl(shard) == [{"prompt_id": "a"}, {"prompt_id": "b"}]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{shard}:4: incomplete JSON row (torn by a kill?) dropped"
+    ]
+    assert [r["prompt_id"] for r in _read_shards(tmp_path)] == ["a", "b"]

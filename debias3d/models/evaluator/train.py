@@ -14,7 +14,7 @@ Steps of :func:`train_evaluator`:
    ``training_record.json`` (fold SRCC / PLCC) to ``out_dir``.
 
 Loss: MSE on each dimension plus a pairwise ranking hinge inside the batch (SRCC is a rank metric).
-Example (about 30 min on 2 cores with the shipped config)::
+Example (the shipped config without the ``train.epochs`` override takes about 30 min on 2 cores)::
 
     train_evaluator_command("configs/shapeworld/evaluator.yaml", ["train.epochs=2"], "runs/ev")
 """
