@@ -170,7 +170,9 @@ def localize_batch(
             if a is not None:
                 meta = getattr(a, "metadata", None)
                 if isinstance(meta, dict):
-                    meta.setdefault("mesh_id", f"{prompt_ids[i]}_{j}")
+                    # A name for error messages only: the view cache keys meshes by content, so
+                    # two generators (or a base model and its adapter) never share views.
+                    meta.setdefault("name", f"{prompt_ids[i]}_{j}")
                 if out_dir is not None:
                     rel = f"meshes/{prompt_ids[i]}_{j}.glb"
                     err = _export(a, out_dir / rel)

@@ -175,3 +175,50 @@ def test_ground_truth_and_view_contradictions(evaluator, tmp_path):
     vc = json.loads((out / "view_contradictions.json").read_text())
     assert len(vc) == 4 and vc[0]["views"] == ["front", "back", "side", "top"]
     assert s["view_contradictions"]["n_prompts"] == 4
+
+
+class _OtherBoxGenerator(BoxGenerator):
+    """Another generator: same prompts and seeds, different meshes (a stretched box)."""
+
+    name = "other-box"
+
+    def _one(self, prompt, seed):
+        a = super()._one(prompt, seed)
+        a.mesh.apply_scale([1.7, 0.4, 1.0])
+        return a
+
+
+def test_view_cache_never_serves_another_generators_views(text_encoder, tmp_path):
+    """Two generators, same prompts and seeds, one evaluator (one view cache): each mesh is scored
+    on its own views, so the scores differ; the same generator again hits the cache."""
+    from audit_helpers import tiny_evaluator
+
+    ev = tiny_evaluator(text_encoder, seed=3)
+    cfg = AuditConfig(
+        samples=2, heatmaps=False, report=False, attribution=AttributionConfig(methods=("grad",))
+    )
+    prompts = PROMPTS[:2]
+    run_audit(prompts, cfg, tmp_path / "a", generator=BoxGenerator(), evaluator=ev)
+    renders = ev.view_cache.render_calls
+    run_audit(prompts, cfg, tmp_path / "a2", generator=BoxGenerator(), evaluator=ev)
+    assert ev.view_cache.render_calls == renders  # identical meshes: served from the cache
+    run_audit(prompts, cfg, tmp_path / "b", generator=_OtherBoxGenerator(), evaluator=ev)
+    assert ev.view_cache.render_calls == 2 * renders  # different meshes: rendered again
+    cols = [f"score_{d}" for d in DIMS]
+    sa = pd.read_parquet(tmp_path / "a" / "samples.parquet")[cols].to_numpy()
+    sa2 = pd.read_parquet(tmp_path / "a2" / "samples.parquet")[cols].to_numpy()
+    sb = pd.read_parquet(tmp_path / "b" / "samples.parquet")[cols].to_numpy()
+    assert (sa == sa2).all()
+    assert (abs(sa - sb) > 1e-6).any(axis=1).all()  # every sample scored on its own mesh
+
+
+def test_mesh_file_key_follows_content(tmp_path):
+    import trimesh
+
+    from debias3d.models.evaluator.views import mesh_key
+
+    p = tmp_path / "m.glb"
+    trimesh.creation.box().export(p)
+    k1 = mesh_key(str(p))
+    trimesh.creation.box(extents=(1, 2, 3)).export(p)  # rewritten in place
+    assert mesh_key(str(p)) != k1

@@ -170,3 +170,24 @@ def test_report_template_escapes():
 
     html = render_template("{{ x }}", x="<script>alert(1)</script>")
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_audit_after_scores_the_finetuned_meshes(demo):
+    """audit_after/ (fine-tuned model) is scored on its own meshes, never on the base model's views."""
+    out, _ = demo
+    a = pd.read_parquet(out / "audit" / "samples.parquet")
+    b = pd.read_parquet(out / "audit_after" / "samples.parquet")
+    m = a.merge(b, on=["prompt_id", "sample"], suffixes=("_base", "_ft"))
+    assert len(m) == len(b) > 0
+    cols = [f"score_{d}" for d in DIMS]
+    same_mesh = [
+        (out / "audit" / r.mesh_base).read_bytes() == (out / "audit_after" / r.mesh_ft).read_bytes()
+        for r in m.itertuples()
+    ]
+    assert not all(same_mesh)  # two LoRA steps already change the meshes here
+    for r, same in zip(m.to_dict("records"), same_mesh, strict=True):
+        diff = max(abs(r[f"{c}_base"] - r[f"{c}_ft"]) for c in cols)
+        if same:
+            assert diff < 1e-5, r["prompt_id"]
+        else:
+            assert diff > 1e-6, r["prompt_id"]

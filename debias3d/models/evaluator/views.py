@@ -18,6 +18,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,6 +147,11 @@ def _mesh_of(item: Any) -> Any:
 def mesh_key(item: Any) -> str:
     """Cache key of an asset or mesh: ``metadata["mesh_id"]`` if set, else a content hash.
 
+    ``mesh_id`` is an explicit promise by the caller that equal ids mean equal meshes; nothing in
+    the package sets it for generated meshes (a prompt id and a sample index do not identify a
+    mesh: another generator, or the same one with an adapter, makes a different one). Mesh files
+    are keyed by their bytes, so a file rewritten in place is rendered again.
+
     Hashing vertices + faces + colours (a few hundred KB) costs ~0.1 ms, far less than a render.
     """
     meta = getattr(item, "metadata", None) or {}
@@ -153,7 +159,12 @@ def mesh_key(item: Any) -> str:
         return f"id:{meta['mesh_id']}"
     mesh = _mesh_of(item)
     if isinstance(mesh, (str, bytes)) or hasattr(mesh, "__fspath__"):
-        return f"path:{mesh}"
+        h = hashlib.blake2b(digest_size=16)
+        try:
+            h.update(Path(mesh).read_bytes())
+        except OSError:
+            return f"path:{mesh}"  # unreadable: the render reports the error
+        return f"file:{h.hexdigest()}"
     h = hashlib.blake2b(digest_size=16)
     for name in ("vertices", "faces"):
         arr = getattr(mesh, name, None)
