@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip wheel
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
+	# OpenCLIP's model code for the HPSv2 tests, without its torchvision (a CUDA wheel on PyPI).
+	$(PIP) install --quiet --no-deps open_clip_torch==3.3.0
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -81,6 +81,7 @@ for _kind, _name, _target in [
     ("evaluator", "hyperscore-clip", "debias3d.models.evaluator.clip:CLIPHyperScore"),
     ("ranker", "shapeworld", "debias3d.models.ranker.model:ShapeWorldRanker"),
     ("ranker", "hpsv2", "debias3d.models.ranker.hpsv2:HPSv2Ranker"),
+    ("ranker", "imagereward", "debias3d.models.ranker.imagereward:ImageRewardRanker"),
     ("llm", "template", "debias3d.models.llm.template:TemplateContextWriter"),
     ("llm", "openai", "debias3d.models.llm.openai_llm:OpenAIContextWriter"),
     ("external_generator", "generator", "debias3d.augment.visual:GeneratorExternalGenerator"),
