@@ -313,8 +313,13 @@ def augment(
 
     with _user_errors():
         summary = augment_command(audit, config, overrides or [], out, retry_failed=retry_failed)
-    rows = summary.get("pairs", {}).get("rows", "?")
-    typer.echo(f"augment: {rows} pairs in {out / 'pairs'} (report: {out / 'report.html'})")
+    typer.echo(f"augment: {summary['outcome']['line']}")
+    typer.echo(
+        f"augment: pairs in {out / 'pairs'}, reasons in {out / 'rejected.jsonl'}, report {out / 'report.html'}"
+    )
+    if not summary["pairs"]["rows"]:
+        # the outputs are written, but nothing to fine-tune on: a script must not go on silently
+        raise _fail("no pairs came out (see rejected.jsonl for every reason)", code=3)
 
 
 @augment_app.command("status")

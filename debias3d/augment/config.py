@@ -20,11 +20,16 @@ from debias3d.models.ranker.t3bench import T3BenchConfig
 __all__ = ["AugmentConfig", "LLMConfig", "FilterConfig", "VisualConfig", "STRATEGIES"]
 
 STRATEGIES = ("both", "only_wh", "only_wl", "random_words")
+MAX_CONTEXTS = 100  # new prompts per source in one LLM answer
 
 
 def _check(cond: bool, name: str, message: str) -> None:
     if not cond:
         raise ValueError(f"{name}: {message}")
+
+
+def _at_most(value: float, name: str, upper: float) -> None:
+    _check(value <= upper, name, f"must be <= {upper}, got {value}")
 
 
 @dataclass
@@ -73,6 +78,13 @@ class LLMConfig:
             "llm.price_*_per_1m",
             "must be >= 0",
         )
+        _at_most(self.timeout_s, "llm.timeout_s", 3600)
+        _at_most(self.max_retries, "llm.max_retries", 20)
+        _at_most(self.backoff_max_s, "llm.backoff_max_s", 600)
+        _at_most(self.concurrency, "llm.concurrency", 256)
+        _at_most(self.max_tokens, "llm.max_tokens", 200_000)
+        _at_most(self.max_words, "llm.max_words", 1000)
+        _at_most(self.template_tries, "llm.template_tries", 100_000)
 
 
 @dataclass
@@ -112,6 +124,8 @@ class FilterConfig:
             "filter.near_duplicate_threshold",
             f"must be in (0, 1], got {self.near_duplicate_threshold}",
         )
+        _at_most(self.max_words, "filter.max_words", 1000)
+        _at_most(self.max_chars, "filter.max_chars", 100_000)
 
 
 def _ranking_default() -> T3BenchConfig:
@@ -173,6 +187,14 @@ class VisualConfig:
         _check(
             self.generator_steps >= 0, "visual.generator_steps", f"must be >= 0, got {self.generator_steps}"
         )
+        _at_most(self.command_timeout_s, "visual.command_timeout_s", 7 * 86400)
+        _at_most(self.resolution, "visual.resolution", 128)
+        _check(
+            8 <= self.mesh_resolution <= 512,
+            "visual.mesh_resolution",
+            f"must be in [8, 512], got {self.mesh_resolution}",
+        )
+        _at_most(self.generator_steps, "visual.generator_steps", 10_000)
         if self.backend == "command":
             _check(bool(self.command.strip()), "visual.command", "backend=command needs a command template")
             _check("{out}" in self.command, "visual.command", "the template must contain {out}")
@@ -225,3 +247,10 @@ class AugmentConfig:
         _check(self.random_words >= 1, "random_words", f"must be >= 1, got {self.random_words}")
         _check(self.report_examples >= 0, "report_examples", f"must be >= 0, got {self.report_examples}")
         _check(self.thumbnail_size >= 16, "thumbnail_size", f"must be >= 16, got {self.thumbnail_size}")
+        # upper bounds: a typo like contexts=100000000 must not start an endless job
+        _at_most(self.contexts, "contexts", MAX_CONTEXTS)
+        _at_most(self.max_prompts, "max_prompts", 10_000_000)
+        _at_most(self.random_words, "random_words", 64)
+        _at_most(self.num_threads, "num_threads", 1024)
+        _at_most(self.report_examples, "report_examples", 1000)
+        _at_most(self.thumbnail_size, "thumbnail_size", 1024)

@@ -30,9 +30,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from debias3d.models.persistence import read_json
+from debias3d.runs import atomic_write_bytes, atomic_write_text, read_json, repair_jsonl_tail
 
-__all__ = ["JobStore", "item_key", "atomic_write_bytes", "atomic_write_text", "read_records", "status"]
+__all__ = [
+    "JobStore",
+    "item_key",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "read_records",
+    "usage_totals",
+    "status",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,44 +56,6 @@ def item_key(kind: str, payload: dict[str, Any]) -> str:
     """
     blob = json.dumps({"kind": kind, **payload}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, then ``os.replace``.
-
-    With ``fsync`` (default) the file and its folder are synced too, so the write also survives a
-    power loss; without it the write is still atomic for any process crash (SIGKILL included).
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, p)
-    if fsync:
-        _fsync_dir(p.parent)
-    return p
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def read_records(job_dir: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], int]:
@@ -114,6 +84,30 @@ def read_records(job_dir: str | os.PathLike) -> tuple[dict[str, dict[str, Any]],
                 if old is None or (old.get("status") != "done" and rec.get("status") == "done"):
                     out[key] = rec
     return out, torn
+
+
+def usage_totals(job_dir: str | os.PathLike, keys: set[str] | list[str]) -> dict[str, float]:
+    """LLM usage summed over *every* record line of ``keys``, superseded attempts included.
+
+    A failed item retried with ``--retry-failed`` keeps its failed record in the shard; its
+    requests and tokens were billed too, so they count here (``read_records`` keeps one record per
+    key and would drop them).
+    """
+    want = set(keys)
+    tot = {"attempts": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
+    for path in sorted(Path(job_dir).glob(RECORD_GLOB)):
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                if not isinstance(rec, dict) or rec.get("key") not in want:
+                    continue
+                usage = (rec.get("result") or {}).get("usage") or {}
+                for k in tot:
+                    tot[k] += usage.get(k, 0) or 0
+    return tot
 
 
 class JobStore:
@@ -182,17 +176,7 @@ class JobStore:
     def _repair_tail(self) -> None:
         """Cut a torn last line (a crash mid-write) so the next record starts on its own line."""
         self._repaired = True
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            if data.endswith(b"\n"):
-                return
-            cut = data.rfind(b"\n") + 1
-            f.truncate(cut)
-            f.flush()
-            os.fsync(f.fileno())
-        logger.info("job: cut a torn last line of %s", self.path.name)
+        repair_jsonl_tail(self.path)
 
     def append(self, key: str, kind: str, status: str, result: dict[str, Any]) -> dict[str, Any]:
         """Append one record (flush + fsync) and remember it."""
@@ -270,14 +254,25 @@ def status(out_dir: str | os.PathLike) -> dict[str, Any]:
             "total": len(keys) if keys is not None else -1,
         }
     summary_path = out / "summary.json"
-    finished = summary_path.is_file() and plan.get("run_id") is not None
+    missing = sum(max(0, c["total"] - c["done"] - c["failed"]) for c in stages.values() if c["total"] >= 0)
+    finished = (
+        summary_path.is_file()
+        and plan.get("run_id") is not None
+        and plan.get("stage") == "done"
+        and missing == 0
+        and all(c["total"] >= 0 for c in stages.values())
+    )
     if finished:
-        finished = json.loads(summary_path.read_text()).get("run_id") == plan.get("run_id")
+        try:
+            finished = read_json(summary_path).get("run_id") == plan.get("run_id")
+        except ValueError:
+            finished = False
     return {
         "out_dir": str(out),
         "stage": plan.get("stage", "unknown"),
         "sources": plan.get("sources", 0),
         "stages": stages,
         "torn_lines": torn,
+        "missing": missing,
         "finished": bool(finished),
     }

@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 
 from debias3d.augment.config import AugmentConfig
-from debias3d.augment.job import PLAN_NAME, JobStore, atomic_write_text, item_key, read_records
+from debias3d.augment.job import PLAN_NAME, JobStore, item_key, read_records, usage_totals
 from debias3d.augment.job import status as job_status
 from debias3d.augment.semantic import is_missing, select_keep_words, stable_seed
 from debias3d.augment.text import tokens
+from debias3d.runs import RunLock, atomic_write_text, estimate_line, inside
 
 __all__ = [
     "Source",
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+LARGE_RUN = 1000  # source prompts from which a run announces its size up front
 
 
 # ------------------------------------------------------------------------------------------------
@@ -85,8 +88,33 @@ def _clean(word: Any) -> str | None:
     return None if is_missing(word) else str(word).strip().lower()
 
 
-def load_sources(audit_dir: str | Path, cfg: AugmentConfig) -> list[Source]:
+def check_mesh_file(path: Path) -> str | None:
+    """Why a mesh file cannot serve as x_n / x_nc (``None`` when it loads with faces).
+
+    Empty, truncated or malformed GLB files make trimesh raise a variety of errors (IndexError,
+    KeyError, UnboundLocalError, ...); all of them are a reason here, never a traceback.
+    """
+    if not path.is_file():
+        return "mesh file is missing"
+    if path.stat().st_size == 0:
+        return "mesh file is empty (0 bytes)"
+    try:
+        mesh = _load_mesh(path)
+    except Exception as err:  # noqa: BLE001 — any parser error of a foreign file is this item's failure
+        return f"mesh file is unreadable ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
+    if len(getattr(mesh, "faces", ())) == 0:
+        return "mesh has no faces (empty scene)"
+    return None
+
+
+def load_sources(
+    audit_dir: str | Path, cfg: AugmentConfig, skipped: list[dict[str, Any]] | None = None
+) -> list[Source]:
     """The source prompts of an audit with their x_n (``cfg.original``: ``first`` or ``best``).
+
+    A source whose x_n cannot be used (no sample, a mesh path that leaves the audit folder, a
+    missing, empty or unreadable mesh) is skipped before any LLM call; when ``skipped`` is given,
+    one ``{"stage": "source", "reason", "detail", ...}`` row per skipped source is appended to it.
 
     Raises:
         FileNotFoundError: a missing ``prompts.parquet`` / ``samples.parquet``.
@@ -114,11 +142,20 @@ def load_sources(audit_dir: str | Path, cfg: AugmentConfig) -> list[Source]:
     if cfg.max_prompts:
         prompts = prompts.iloc[: cfg.max_prompts]
     out = []
+
+    def skip(row: Any, reason: str, detail: str) -> None:
+        logger.warning("augment: prompt %s skipped: %s", row.prompt_id, detail)
+        if skipped is not None:
+            skipped.append(
+                {"stage": "source", "source_prompt_id": str(row.prompt_id), "source_prompt": str(row.prompt),
+                 "prompt": None, "reason": reason, "detail": detail}
+            )  # fmt: skip
+
     for row in prompts.itertuples(index=False):
         pid = str(row.prompt_id)
         g = by_prompt.get(pid)
         if g is None or g.empty:
-            logger.warning("augment: prompt %s has no audit sample; skipped", pid)
+            skip(row, "no_sample", "no audit sample")
             continue
         if cfg.original == "best":
             pick = g.iloc[int(np.argmax(g[score_col].to_numpy()))]  # first maximum = lowest sample
@@ -126,9 +163,14 @@ def load_sources(audit_dir: str | Path, cfg: AugmentConfig) -> list[Source]:
             pick = g.iloc[0]
         w_h, w_l = _clean(row.w_h), _clean(row.w_l)
         keep = select_keep_words(row.prompt, w_h, w_l, cfg.strategy, cfg.seed, k=cfg.random_words, key=pid)
-        mesh_path = audit / str(pick["mesh"])
-        if not mesh_path.is_file():
-            logger.warning("augment: mesh %s of prompt %s is missing; skipped", mesh_path, pid)
+        try:
+            mesh_path = inside(audit, str(pick["mesh"]), "mesh path")
+        except ValueError as err:
+            skip(row, "original_unusable", str(err))
+            continue
+        why = check_mesh_file(mesh_path)
+        if why is not None:
+            skip(row, "original_unusable", f"x_n {pick['mesh']}: {why}")
             continue
         out.append(
             Source(
@@ -367,9 +409,13 @@ def _load_mesh(path: Path) -> Any:
 
 def _run_original(src: Source, key: str, audit: Path, comps: Components, store: JobStore) -> dict[str, Any]:
     def fn() -> tuple[str, dict[str, Any]]:
+        path = inside(audit, src.mesh, "mesh path")
+        why = check_mesh_file(path)
+        if why is not None:
+            return "failed", {"prompt_id": src.prompt_id, "error": f"cannot score x_n: {why}"}
         try:
-            score = comps.judge.score(_load_mesh(audit / src.mesh), src.prompt)
-        except (ValueError, OSError, RuntimeError) as err:
+            score = comps.judge.score(_load_mesh(path), src.prompt)
+        except (ValueError, OSError, RuntimeError, IndexError, KeyError) as err:
             return "failed", {
                 "prompt_id": src.prompt_id,
                 "error": f"cannot score x_n: {' '.join(str(err).split())[:200]}",
@@ -404,9 +450,12 @@ def _run_visual(
             asset = gen.generate_one(item["new_prompt"], item["seed"])
         else:
             asset = gen.generate([item["new_prompt"]], [item["seed"]])[0]
-    except (ExternalGenerationError, ValueError, RuntimeError, OSError) as err:
+    except (ExternalGenerationError, ValueError, RuntimeError, OSError, IndexError, KeyError) as err:
         msg = " ".join(str(err).split())[:200]
         store.append(key, "visual", "failed", {**base, "error": f"generation failed: {msg}"})
+        return
+    if len(getattr(asset.mesh, "faces", ())) == 0:
+        store.append(key, "visual", "failed", {**base, "error": "generation failed: empty mesh (no faces)"})
         return
     voxels = asset.voxels
     if voxels is None or voxels.resolution != cfg.visual.resolution:
@@ -506,6 +555,28 @@ def _features(resolution: int) -> Any:
     )
 
 
+def _reason_key(error: str) -> str:
+    """A short, countable reason from a one-line error (``"HTTP 500: ..."`` -> ``"HTTP 500"``)."""
+    head = error.split(":")[0].strip()
+    return head if len(head) <= 40 else head[:37] + "..."
+
+
+def outcome_line(o: dict[str, Any]) -> str:
+    """One line with every source prompt counted by outcome (done / failed by reason / skipped)."""
+
+    def by(reasons: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    failed, skipped = sum(o["failed"].values()), sum(o["skipped"].values())
+    line = f"{o['sources']} source prompts: {o['done']} gave pairs, {failed} failed"
+    if failed:
+        line += f" ({by(o['failed'])})"
+    line += f", {skipped} skipped"
+    if skipped:
+        line += f" ({by(o['skipped'])})"
+    return line + f"; {o['pairs']} pairs"
+
+
 def _merge(
     sources: Sequence[tuple[Source, str]],
     items: Sequence[dict[str, Any]],
@@ -516,8 +587,12 @@ def _merge(
     run_id: str,
     timing: dict[str, float],
     bookkeeping_s: float,
+    skipped: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Build the dataset, rejected.jsonl and summary.json from all records (main process)."""
+    """Build the dataset, rejected.jsonl and summary.json from all records (main process).
+
+    Always writes all three, also when nothing came out (an empty dataset with the same columns).
+    """
     import shutil
 
     from datasets import Dataset
@@ -527,23 +602,23 @@ def _merge(
 
     records, _torn = read_records(out / "job")
     by_id = {s.prompt_id: s for s, _ in sources}
-    rejected: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = [dict(r) for r in skipped]
     reasons: Counter[str] = Counter()
     llm_errors: Counter[str] = Counter()
-    usage = Counter({"prompt_tokens": 0, "completion_tokens": 0, "attempts": 0})
-    cost = 0.0
     n_candidates = n_accepted = 0
     diversities: dict[str, float | None] = {}
+    # per source: None = still open, else its failure reason
+    src_fail: dict[str, str | None] = {}
     for src, skey in sources:
         rec = records.get(skey)
         if rec is None:
+            src_fail[src.prompt_id] = "not run"
             continue
         r = rec["result"]
-        for k in ("prompt_tokens", "completion_tokens", "attempts"):
-            usage[k] += int(r["usage"][k])
-        cost += float(r["usage"]["cost"])
         if rec["status"] != "done":
-            llm_errors[r["llm_error"].split(":")[0]] += 1
+            reason = _reason_key(r["llm_error"] or "llm error")
+            llm_errors[reason] += 1
+            src_fail[src.prompt_id] = f"llm: {reason}"
             rejected.append(
                 {"stage": "llm", "source_prompt_id": src.prompt_id, "source_prompt": src.prompt, "prompt": None,
                  "reason": "llm_error", "detail": r["llm_error"]}
@@ -552,6 +627,8 @@ def _merge(
         n_candidates += len(r["candidates"])
         n_accepted += len(r["accepted"])
         diversities[src.prompt_id] = r["diversity"]
+        if not r["accepted"]:
+            src_fail[src.prompt_id] = "filter: no candidate accepted"
         for rej in r["rejected"]:
             reasons[rej["reason"]] += 1
             rejected.append(
@@ -564,14 +641,18 @@ def _merge(
 
     rows: list[dict[str, Any]] = []
     wins = losses = failed = 0
+    src_items: dict[str, Counter[str]] = {}
     for it in items:
         rec = records.get(it["key"])
         src = by_id[it["prompt_id"]]
+        tally = src_items.setdefault(src.prompt_id, Counter())
         if rec is None:
+            tally["not run"] += 1
             continue
         r = rec["result"]
         if rec["status"] != "done":
             failed += 1
+            tally[_reason_key(r["error"])] += 1
             rejected.append(
                 {"stage": "visual", "source_prompt_id": src.prompt_id, "source_prompt": src.prompt,
                  "prompt": it["new_prompt"], "reason": "generation_failed", "detail": r["error"]}
@@ -580,6 +661,7 @@ def _merge(
         d = duel(r["score_new"], r["score_orig"], cfg.visual.margin)
         wins += d.winner
         losses += not d.winner
+        tally["won" if d.winner else "ranker: x_nc never beat x_n"] += 1
         if not d.winner:
             rejected.append(
                 {"stage": "visual", "source_prompt_id": src.prompt_id, "source_prompt": src.prompt,
@@ -640,22 +722,54 @@ def _merge(
         from datasets.utils.logging import disable_progress_bar
 
         disable_progress_bar()
-    ds = Dataset.from_list(rows, features=_features(cfg.visual.resolution))
+    features = _features(cfg.visual.resolution)
+    # from_list([]) cannot infer the columns; an empty dict of columns keeps the schema
+    ds = (
+        Dataset.from_list(rows, features=features)
+        if rows
+        else Dataset.from_dict({k: [] for k in features}, features=features)
+    )
     tmp = out / f".pairs.tmp-{run_id}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    ds.save_to_disk(str(tmp))
+    ds.save_to_disk(str(tmp), num_shards=1 if not rows else None)  # an empty one still gets its file
     if (out / "pairs").exists():
         shutil.rmtree(out / "pairs")
     tmp.rename(out / "pairs")
     atomic_write_text(out / "rejected.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
 
+    # every source prompt by outcome
+    with_pairs = {r["source_prompt_id"] for r in rows if r["winner"]}
+    fail_reasons: Counter[str] = Counter()
+    for src, _k in sources:
+        if src.prompt_id in with_pairs:
+            continue
+        why = src_fail.get(src.prompt_id)
+        if why is None:
+            tally = src_items.get(src.prompt_id, Counter())
+            tally.pop("won", None)
+            why = f"visual: {tally.most_common(1)[0][0]}" if tally else "no visual item"
+        fail_reasons[why] += 1
+    skip_reasons = Counter(str(r["reason"]) for r in skipped)
+    outcome = {
+        "sources": len(sources) + len(skipped),
+        "done": len(with_pairs),
+        "failed": dict(fail_reasons),
+        "skipped": dict(skip_reasons),
+        "pairs": len(rows),
+    }
+    outcome["line"] = outcome_line(outcome)
+
+    usage = usage_totals(out / "job", [k for _, k in sources])
     divs = [v for v in diversities.values() if v is not None]
+    by_stage = Counter(f"{r['stage']}: {r['reason']}" for r in rejected)
     summary = {
         "run_id": run_id,
+        "outcome": outcome,
         "sources": len(sources),
         "contexts_per_source": cfg.contexts,
         "strategy": cfg.strategy,
+        "rejected": {"rows": len(rejected), "by_stage_reason": dict(sorted(by_stage.items()))},
         "llm": {
             "backend": cfg.llm.backend,
             "items_failed": sum(llm_errors.values()),
@@ -663,7 +777,7 @@ def _merge(
             "requests": int(usage["attempts"]),
             "prompt_tokens": int(usage["prompt_tokens"]),
             "completion_tokens": int(usage["completion_tokens"]),
-            "cost": round(cost, 6),
+            "cost": round(float(usage["cost"]), 6),
         },
         "filter": {
             "candidates": n_candidates,
@@ -725,8 +839,6 @@ def run_augment(
         The summary dict (also ``out_dir/summary.json``) on the main process; on other processes a
         dict with this process's item counts.
     """
-    from debias3d.config import dump_config, to_dict
-
     t0 = time.perf_counter()
     if cfg.num_threads:
         import torch
@@ -734,12 +846,33 @@ def run_augment(
         torch.set_num_threads(cfg.num_threads)
     audit, out = Path(audit_dir), Path(out_dir)
     state = state or _SingleProcess()
+    out.mkdir(parents=True, exist_ok=True)
+    # one run per folder: a second one on the same --out is refused (the lock dies with its process)
+    lock = RunLock(out).acquire() if state.is_main_process else None
+    try:
+        return _run_augment(audit, cfg, out, components, state, retry_failed, t0)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_augment(
+    audit: Path,
+    cfg: AugmentConfig,
+    out: Path,
+    components: Components | None,
+    state: Any,
+    retry_failed: bool,
+    t0: float,
+) -> dict[str, Any]:
+    from debias3d.config import dump_config, to_dict
+
     comps = components or Components(cfg)
     show = cfg.progress and state.is_main_process
-    out.mkdir(parents=True, exist_ok=True)
     store = JobStore(out / "job", shard=state.process_index, retry_failed=retry_failed)
 
-    sources = load_sources(audit, cfg)
+    skipped: list[dict[str, Any]] = []
+    sources = load_sources(audit, cfg, skipped)
     sem = [(s, _semantic_key(s, cfg, comps)) for s in sources]
     run_id = item_key(
         "run", {"config": to_dict(cfg), "sources": [k for _, k in sem], "llm": comps.writer_settings()}
@@ -750,12 +883,20 @@ def run_augment(
             "run_id": run_id,
             "stage": "semantic",
             "sources": len(sem),
+            "skipped_sources": len(skipped),
             "semantic_keys": [k for _, k in sem],
         }
         atomic_write_text(out / "job" / PLAN_NAME, json.dumps(plan, indent=1))
+        pending = sum(not store.done(k) for _, k in sem)
+        if pending >= LARGE_RUN:
+            logger.warning(
+                "%s; the external generator and the ranker then run once per accepted prompt",
+                estimate_line("augment", pending, None, unit="source prompts to write contexts for"),
+            )
     logger.info(
-        "augment: %d source prompts, C=%d, strategy=%s, llm=%s",
+        "augment: %d source prompts (%d skipped), C=%d, strategy=%s, llm=%s",
         len(sem),
+        len(skipped),
         cfg.contexts,
         cfg.strategy,
         cfg.llm.backend,
@@ -786,22 +927,15 @@ def run_augment(
     if state.is_main_process:
         settings = comps.writer_settings()
         timing = {"setup_s": t_sem - t0, "semantic_s": t_vis - t_sem, "visual_s": t_merge - t_vis}
-        summary = _merge(sem, items, dups, out, cfg, settings, run_id, timing, store.bookkeeping_s)
-        plan.update(stage="done")
-        atomic_write_text(out / "job" / PLAN_NAME, json.dumps(plan, indent=1))
+        summary = _merge(sem, items, dups, out, cfg, settings, run_id, timing, store.bookkeeping_s, skipped)
         if cfg.report:
             from debias3d.augment.report import write_report
 
             write_report(out, summary, cfg, audit_dir=audit)
-        logger.info(
-            "augment: %d pairs from %d accepted prompts (acceptance %.0f%%, wins %d/%d) -> %s",
-            summary["pairs"]["rows"],
-            summary["filter"]["accepted"],
-            100 * summary["filter"]["acceptance_rate"],
-            summary["visual"]["wins"],
-            summary["visual"]["wins"] + summary["visual"]["losses"],
-            out,
-        )
+        plan.update(stage="done")
+        atomic_write_text(out / "job" / PLAN_NAME, json.dumps(plan, indent=1))
+        level = logging.INFO if summary["pairs"]["rows"] else logging.WARNING
+        logger.log(level, "augment: %s -> %s", summary["outcome"]["line"], out)
     state.wait_for_everyone()
     return summary
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from debias3d.augment.job import atomic_write_text
+from debias3d.runs import atomic_write_text
 
 __all__ = ["write_report", "render_report", "TEMPLATE"]
 
@@ -30,6 +30,7 @@ th{background:#f3f3f3}.win{color:#1a7f37}.lose{color:#b42318}img{display:block;b
 .muted{color:#777}.pair{display:flex;gap:6px}
 </style></head><body>
 <h1>Augmentation report</h1>
+{% if s.outcome %}<p><b>{{ s.outcome.line }}</b></p>{% endif %}
 <p>{{ s.sources }} source prompts, C = {{ s.contexts_per_source }} contexts each, strategy <b>{{ s.strategy }}</b>.</p>
 <h2>Summary</h2>
 <table>
@@ -37,8 +38,8 @@ th{background:#f3f3f3}.win{color:#1a7f37}.lose{color:#b42318}img{display:block;b
 <tr><th>accepted</th><td>{{ s.filter.accepted }}</td></tr>
 <tr><th>acceptance rate</th><td>{{ "%.1f"|format(100 * s.filter.acceptance_rate) }} %</td></tr>
 <tr><th>diversity (mean pairwise 1 - cos, per source)</th><td>{{ fmt(s.filter.diversity_mean) }}</td></tr>
-<tr><th>rejected by reason</th><td>{% for k, v in s.filter.rejected_by_reason.items() %}{{ k }}: {{ v }}<br>{% else %}none{% endfor %}</td></tr>
-<tr><th>visual items / failed</th><td>{{ s.visual.items }} / {{ s.visual.failed }}</td></tr>
+<tr><th>rejected rows by stage and reason</th><td>{% for k, v in (s.get("rejected") or {}).get("by_stage_reason", {})|dictsort %}{{ k }}: {{ v }}<br>{% else %}none{% endfor %}</td></tr>
+<tr><th>visual items / failed</th><td>{{ s.visual["items"] }} / {{ s.visual.failed }}</td></tr>
 <tr><th>x_nc wins / losses (win rate)</th><td>{{ s.visual.wins }} / {{ s.visual.losses }} ({{ "%.1f"|format(100 * s.visual.win_rate) }} %)</td></tr>
 <tr><th>pairs written</th><td>{{ s.pairs.rows }} ({{ s.pairs.new_prompt }} {x_nc, t_nc}, {{ s.pairs.source_prompt }} {x_nc, t_n})</td></tr>
 <tr><th>LLM</th><td>{{ s.llm.backend }}: {{ s.llm.requests }} requests, {{ s.llm.prompt_tokens }} + {{ s.llm.completion_tokens }} tokens, cost {{ "%.4f"|format(s.llm.cost) }}, {{ s.llm.items_failed }} failed items</td></tr>
@@ -48,7 +49,7 @@ th{background:#f3f3f3}.win{color:#1a7f37}.lose{color:#b42318}img{display:block;b
 {% for e in accepted %}<tr><td>{% if e.thumb_orig %}<img src="data:image/png;base64,{{ e.thumb_orig }}" alt="x_n">{% endif %}</td>
 <td>{% if e.thumb_new %}<img src="data:image/png;base64,{{ e.thumb_new }}" alt="x_nc">{% endif %}</td>
 <td>{{ e.prompt }}</td><td>{{ e.source_prompt }}</td><td>{{ e.keep }}</td>
-<td class="{{ 'win' if e.winner else 'lose' }}">{{ fmt(e.score_new) }} / {{ fmt(e.score_orig) }}</td></tr>
+<td class="{{ 'win' if e.winner else 'lose' }}">{{ fmt(e.ranker_score_new) }} / {{ fmt(e.ranker_score_orig) }}</td></tr>
 {% else %}<tr><td colspan="6" class="muted">no accepted pairs</td></tr>{% endfor %}
 </table>
 <h2>Rejected examples</h2>

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_PLACEHOLDER = re.compile(r"\{(prompt|out|seed)\}")
 
 
 class ExternalGenerationError(RuntimeError):
@@ -83,6 +86,8 @@ class CommandExternalGenerator:
     >>> gen = CommandExternalGenerator("my-exporter --text {prompt} --out {out}")
     >>> gen.argv("a 'red' vase; rm -rf /", "/tmp/m.glb", 3)
     ['my-exporter', '--text', "a 'red' vase; rm -rf /", '--out', '/tmp/m.glb']
+    >>> gen.argv("a vase at {out} with {seed}", "/tmp/m.glb", 3)[2]  # prompt text is never expanded
+    'a vase at {out} with {seed}'
     """
 
     name = "command"
@@ -111,14 +116,13 @@ class CommandExternalGenerator:
         return cls(cfg.command, cfg.command_timeout_s, cfg.resolution)
 
     def argv(self, prompt: str, out: str, seed: int) -> list[str]:
-        """The argument vector: each template token with its placeholders replaced (no shell)."""
-        subs = {"{prompt}": prompt, "{out}": out, "{seed}": str(int(seed))}
-        argv = []
-        for tok in self.template:
-            for ph, val in subs.items():
-                tok = tok.replace(ph, val)
-            argv.append(tok)
-        return argv
+        """The argument vector: each template token with its placeholders replaced (no shell).
+
+        One pass over the template's own text: braces inside the substituted prompt (an LLM can
+        write ``{out}``) are left as they are.
+        """
+        subs = {"prompt": prompt, "out": out, "seed": str(int(seed))}
+        return [_PLACEHOLDER.sub(lambda m: subs[m.group(1)], tok) for tok in self.template]
 
     def generate_one(self, prompt: str, seed: int) -> Asset:
         """Run the command for one prompt. Raises :class:`ExternalGenerationError` (one line)."""

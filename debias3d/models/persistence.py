@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from debias3d.runs import read_json, read_jsonl  # noqa: F401 — the run toolkit owns the readers
+
 if TYPE_CHECKING:  # torch is imported by the loaders, not by read_json's light users
     from torch import Tensor
 
@@ -20,44 +22,6 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; a malformed one is a ValueError that names the file and the place.
-
-    >>> import tempfile, pathlib
-    >>> bad = pathlib.Path(tempfile.mkdtemp()) / "config.json"
-    >>> _ = bad.write_text('{"stage1": 3')
-    >>> read_json(bad)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: .../config.json: not valid JSON (Expecting ',' delimiter, line 1 column 13)
-    """
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
-def read_jsonl(path: str | os.PathLike) -> list[Any]:
-    """The rows of a JSON-lines file that a killed writer may have left torn.
-
-    Blank lines are skipped. A line that does not parse (a process killed mid-write leaves a partial
-    last line) is dropped with a warning naming ``path:line``; the caller redoes that row's work.
-    """
-    path = Path(path)
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            logger.warning("%s:%d: incomplete JSON row (torn by a kill?) dropped", path, n)
-    return rows
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:

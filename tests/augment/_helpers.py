@@ -143,13 +143,27 @@ class FakeOpenAI:
 
     The behaviour is chosen by a marker in the source prompt: ``[malformed]``, ``[refusal]``,
     ``[sorry]``, ``[empty]``, ``[ratelimit]`` (429 once, then fine), ``[timeout]`` (sleeps),
-    ``[error500]`` (always 500), ``[error400]``; anything else gets a good answer written by the
-    grammar writer (so ShapeWorld prompts stay buildable), or a fixed one with ``fixed=True``.
-    ``delay_s`` delays every answer.
+    ``[error500]`` (always 500), ``[error400]``, ``[nonjson]`` (a 200 whose body is not JSON),
+    ``[html]`` (a 200 HTML page), ``[nullmsg]`` (``"message": null``), ``[wrongshape]`` (a JSON
+    object that is no chat completion), ``[trickle]`` (a good answer sent one byte every
+    ``trickle_s``); anything else gets a good answer written by the grammar writer (so ShapeWorld
+    prompts stay buildable), or a fixed one with ``fixed=True``. ``delay_s`` delays every answer.
+    Requests are bounded: after ``max_requests`` the server answers 503 and counts the overflow in
+    :attr:`refused`, so a client that loops shows up in a test instead of hanging it.
     """
 
-    def __init__(self, delay_s: float = 0.0, sleep_s: float = 2.0, fixed: bool = False) -> None:
+    def __init__(
+        self,
+        delay_s: float = 0.0,
+        sleep_s: float = 2.0,
+        fixed: bool = False,
+        max_requests: int = 1000,
+        trickle_s: float = 0.25,
+    ) -> None:
         self.delay_s = delay_s
+        self.max_requests = max_requests
+        self.trickle_s = trickle_s
+        self.refused = 0
         self.fixed = fixed
         self.sleep_s = sleep_s
         self.requests: list[dict[str, Any]] = []
@@ -164,24 +178,45 @@ class FakeOpenAI:
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 return None
 
-            def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
+            def _send(
+                self,
+                code: int,
+                body: dict[str, Any] | bytes,
+                headers: dict[str, str] | None = None,
+                ctype: str = "application/json",
+                trickle_s: float = 0.0,
+            ) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
                 try:
-                    self.wfile.write(data)
+                    if trickle_s:
+                        for i in range(len(data)):
+                            self.wfile.write(data[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(trickle_s)
+                            if outer._stop.is_set():
+                                return
+                    else:
+                        self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
 
             def do_POST(self) -> None:  # noqa: N802 — http.server API
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 with outer._lock:
-                    outer.requests.append(body)
-                    outer.auth.append(self.headers.get("Authorization", ""))
+                    over = len(outer.requests) >= outer.max_requests
+                    if over:
+                        outer.refused += 1
+                    else:
+                        outer.requests.append(body)
+                        outer.auth.append(self.headers.get("Authorization", ""))
+                if over:
+                    return self._send(503, {"error": {"message": "request budget of the test spent"}})
                 outer.handle(self, body)
 
         from debias3d.models.llm.template import TemplateContextWriter
@@ -189,6 +224,7 @@ class FakeOpenAI:
         TemplateContextWriter().write(
             "a red vase with a long neck", ["vase"], 1, 0
         )  # warm the grammar caches
+        self._stop = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -202,6 +238,7 @@ class FakeOpenAI:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -225,6 +262,20 @@ class FakeOpenAI:
         if "[ratelimit]" in source and n_seen == 1:
             return h._send(
                 429, {"error": {"message": "rate limited", "type": "rate_limit"}}, {"Retry-After": "0"}
+            )
+        if "[nonjson]" in source:
+            return h._send(200, b"Expecting nothing: this is not JSON {")
+        if "[html]" in source:
+            return h._send(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", ctype="text/html")
+        if "[nullmsg]" in source:
+            body = _completion("x")
+            body["choices"][0]["message"] = None
+            return h._send(200, body)
+        if "[wrongshape]" in source:
+            return h._send(200, {"result": "ok", "choices": "none"})
+        if "[trickle]" in source:
+            return h._send(
+                200, _completion(json.dumps({"prompts": ["a red vase"]})), trickle_s=self.trickle_s
             )
         if "[malformed]" in source:
             return h._send(200, _completion('{"prompts": ["a red vase", '))

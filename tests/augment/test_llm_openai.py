@@ -135,3 +135,56 @@ def test_key_never_logged_or_written(tmp_path, audit_dir, monkeypatch, caplog):
     for f in (tmp_path / "aug").rglob("*"):
         if f.is_file():
             assert SECRET.encode() not in f.read_bytes(), f
+
+
+UNUSABLE = [
+    # marker, error fragment
+    ("[nonjson] ", "unusable answer"),
+    ("[html] ", "unusable answer"),
+    ("[nullmsg] ", '"message" is null'),
+    ("[wrongshape] ", "unusable answer"),
+]
+
+
+@pytest.mark.parametrize(("marker", "error"), UNUSABLE, ids=[m.strip("[] ") for m, _ in UNUSABLE])
+def test_unusable_answers_are_one_item_failures(writer, server, marker, error):
+    res = writer.write(f"{marker}a red vase with a long neck", ["vase", "long"], n=3, seed=1)
+    assert not res.ok
+    assert error in res.error
+    assert "\n" not in res.error
+    assert res.attempts == 1  # an answer that arrived is not asked for again
+
+
+def test_unusable_answers_do_not_stop_the_others(writer, server):
+    reqs = [
+        ContextRequest(f"{m}a red vase with a long neck", ("vase", "long"), 3, i)
+        for i, m in enumerate(["", "[html] ", "[nonjson] ", "[nullmsg] ", ""])
+    ]
+    got = dict(writer.iter_write(reqs))
+    assert sorted(got) == [0, 1, 2, 3, 4]
+    assert [got[i].ok for i in range(5)] == [True, False, False, False, True]
+    assert writer.usage["requests"] == 5
+
+
+def test_timeout_is_a_deadline_for_the_whole_request(monkeypatch):
+    """A server that trickles one byte every 0.05 s is cut off at timeout_s, not after each read."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with FakeOpenAI(trickle_s=0.05) as srv:
+        w = OpenAIContextWriter(
+            model="fake", base_url=srv.base_url, timeout_s=0.6, max_retries=1, backoff_base_s=0.01
+        )
+        t0 = time.perf_counter()
+        res = w.write("[trickle] a red vase with a long neck", ["vase"], n=1, seed=1)
+        took = time.perf_counter() - t0
+    assert not res.ok and res.error.startswith("timeout"), res.error
+    assert res.attempts == 2 and w.usage["requests"] == 2
+    assert took < 2 * 0.6 + 1.0  # the answer would take > 10 s at this rate
+
+
+def test_fake_server_request_budget(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with FakeOpenAI(max_requests=1) as srv:
+        w = OpenAIContextWriter(model="fake", base_url=srv.base_url, timeout_s=2, max_retries=0)
+        assert w.write("a red vase with a long neck", ["vase"], n=1, seed=1).ok
+        res = w.write("a red vase with a long neck", ["vase"], n=1, seed=2)
+    assert not res.ok and "HTTP 503" in res.error and srv.refused == 1

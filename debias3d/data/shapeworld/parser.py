@@ -55,7 +55,9 @@ def _object(tokens: list[str], text: str) -> tuple[ObjectSpec, bool]:
     """Parse one object segment; returns the spec and whether the noun was plural."""
     nouns = [(i, _noun_of(t)) for i, t in enumerate(tokens) if _noun_of(t) is not None]
     if not nouns:
-        raise ParseError(f"no ShapeWorld noun in {text!r} (known: {', '.join(vocab.NOUNS)})")
+        part = " ".join(tokens)
+        where = repr(text) if part == " ".join(tokenize(text)) else f"{part!r} (part of {text!r})"
+        raise ParseError(f"no ShapeWorld noun in {where} (known: {', '.join(vocab.NOUNS)})")
     if len({n for _i, n in nouns}) > 1:
         raise ParseError(f"more than one noun without a relation in {text!r}: {[n for _i, n in nouns]}")
     noun = nouns[0][1]

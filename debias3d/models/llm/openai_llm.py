@@ -28,9 +28,14 @@ Failure handling
   cap is honoured) up to ``max_retries`` times. The client's own retries are off (``max_retries=0``)
   so the schedule is ours and testable;
 * other HTTP errors (400, 401, 404, ...) fail at once;
-* a refusal (``message.refusal``, ``finish_reason == "content_filter"`` or a plain-text apology),
+* ``timeout_s`` is a deadline for the whole request (connect, send, headers and body), not for each
+  read: a server that trickles bytes is cut off when the deadline passes (:class:`_DeadlineBackend`);
+* an unusable answer (a 200 whose body is not JSON or is an HTML page, ``"message": null``, no
+  choices, a wrong shape), a refusal (``message.refusal``, ``finish_reason == "content_filter"`` or a plain-text apology),
   malformed JSON, a missing ``prompts`` key and an empty list are per-item failures with a one-line
-  reason in :attr:`LLMResult.error`.
+  reason in :attr:`LLMResult.error`; it is not retried (the answer was billed);
+* every attempt, failed ones included, is counted in :attr:`LLMResult.attempts` and its tokens in
+  the cost.
 
 Requests overlap in a thread pool of ``concurrency`` workers (:meth:`OpenAIContextWriter.iter_write`).
 Tokens come from the response's ``usage``; cost = tokens / 1e6 x the configured prices.
@@ -70,6 +75,91 @@ PROMPT_TEMPLATE = (
     'Answer with a JSON object of the form {{"prompts": ["...", "..."]}} and nothing else.'
 )
 _REFUSAL = re.compile(r"^\s*(i'm sorry|i am sorry|sorry,|i can(no|')t|i won't|as an ai)", re.IGNORECASE)
+
+
+_DEADLINE = threading.local()
+
+
+def _left(timeout: float | None, timeout_exc: type[Exception]) -> float | None:
+    """The wait allowed now: ``timeout`` capped at the calling thread's request deadline."""
+    deadline = getattr(_DEADLINE, "t", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise timeout_exc("request deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream:
+    """A network stream whose reads and writes stop at the calling thread's request deadline."""
+
+    def __init__(self, inner: Any, timeout_exc: type[Exception]) -> None:
+        self._inner = inner
+        self._exc = timeout_exc
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, self._exc))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        return self._inner.write(buffer, _left(timeout, self._exc))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> Any:
+        return _DeadlineStream(self._inner.start_tls(*args, **kwargs), self._exc)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend:
+    """httpcore network backend that caps every socket wait at the calling thread's deadline.
+
+    httpx's timeouts apply to each read, so a server that sends one byte every 0.25 s can hold a
+    request forever; each attempt here sets a deadline (``timeout_s`` after it starts) in a
+    thread-local, and every connect / read / write waits at most until then.
+    """
+
+    def __init__(self, inner: Any, timeout_exc: type[Exception]) -> None:
+        self._inner = inner
+        self._exc = timeout_exc
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kw: Any) -> Any:
+        stream = self._inner.connect_tcp(host, port, timeout=_left(timeout, self._exc), **kw)
+        return _DeadlineStream(stream, self._exc)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, **kw: Any) -> Any:
+        stream = self._inner.connect_unix_socket(path, timeout=_left(timeout, self._exc), **kw)
+        return _DeadlineStream(stream, self._exc)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _http_client(timeout_s: float) -> Any:
+    """An httpx client (the flavour the installed ``openai`` uses) whose requests obey a total deadline.
+
+    Returns ``None`` (the ``openai`` default client, per-read timeouts only) when the transport has
+    no replaceable network backend.
+    """
+    try:
+        import httpcore2 as httpcore
+        import httpx2 as httpx
+    except ImportError:
+        try:
+            import httpcore
+            import httpx
+        except ImportError:  # pragma: no cover
+            return None
+    transport = httpx.HTTPTransport()
+    pool = getattr(transport, "_pool", None)
+    if pool is None or not hasattr(pool, "_network_backend"):
+        logger.debug("llm: no network backend hook; timeout_s applies per read")
+        return None
+    pool._network_backend = _DeadlineBackend(pool._network_backend, httpcore.ReadTimeout)
+    return httpx.Client(transport=transport, timeout=timeout_s, follow_redirects=True)
 
 
 def _one_line(text: str, limit: int = 160) -> str:
@@ -144,8 +234,10 @@ class OpenAIContextWriter(ContextWriterBase):
         self.price_output_per_1m = float(price_output_per_1m)
         self.prompt_template = prompt_template or PROMPT_TEMPLATE
         # The key lives only inside the client object; it is not kept as an attribute here.
+        http_client = _http_client(self.timeout_s)
+        kwargs: dict[str, Any] = {"http_client": http_client} if http_client is not None else {}
         self._client = openai.OpenAI(
-            api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0
+            api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0, **kwargs
         )
         self._lock = threading.Lock()
         self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
@@ -213,7 +305,11 @@ class OpenAIContextWriter(ContextWriterBase):
                 for i, r in enumerate(requests)
             }
             for fut in as_completed(futures):
-                yield futures[fut], fut.result()
+                try:
+                    res = fut.result()
+                except Exception as exc:  # noqa: BLE001 — one item's failure never aborts the job
+                    res = LLMResult(error=f"client error: {type(exc).__name__}: {_one_line(exc, 120)}")
+                yield futures[fut], res
 
     # ------------------------------------------------------------------------------ internals
     def _delay(self, attempt: int, retry_after: str | None) -> float:
@@ -234,6 +330,7 @@ class OpenAIContextWriter(ContextWriterBase):
         error = "no attempt made"
         for attempt in range(self.max_retries + 1):
             retry_after = None
+            _DEADLINE.t = time.monotonic() + self.timeout_s
             try:
                 resp = self._client.chat.completions.create(
                     model=self.model,
@@ -244,7 +341,7 @@ class OpenAIContextWriter(ContextWriterBase):
                     seed=int(seed) % (2**31),
                 )
             except openai.APITimeoutError:
-                error = f"timeout after {self.timeout_s:g} s"
+                error = f"timeout: no complete answer within {self.timeout_s:g} s"
             except openai.APIConnectionError as exc:
                 error = f"connection error: {_one_line(exc)}"
             except openai.APIStatusError as exc:
@@ -253,12 +350,20 @@ class OpenAIContextWriter(ContextWriterBase):
                 if code != 429 and code < 500:
                     return self._result([], prompt_tokens, completion_tokens, "", error, attempt + 1)
                 retry_after = exc.response.headers.get("retry-after") if exc.response is not None else None
+            except (openai.APIError, ValueError, TypeError, AttributeError, KeyError) as exc:
+                # a 200 whose body is not JSON (json.JSONDecodeError is a ValueError) or fails validation
+                why = exc.msg if isinstance(exc, json.JSONDecodeError) else _one_line(exc, 100)
+                err = f"unusable answer: body is not a JSON chat completion ({why})"
+                return self._result([], prompt_tokens, completion_tokens, "", err, attempt + 1)
             else:
-                if resp.usage is not None:
-                    prompt_tokens += int(resp.usage.prompt_tokens or 0)
-                    completion_tokens += int(resp.usage.completion_tokens or 0)
+                usage = getattr(resp, "usage", None)
+                if usage is not None:
+                    prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
+                    completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
                 prompts, raw, err = self._parse(resp)
                 return self._result(prompts, prompt_tokens, completion_tokens, raw, err, attempt + 1)
+            finally:
+                _DEADLINE.t = None
             if attempt < self.max_retries:
                 delay = self._delay(attempt, retry_after)
                 logger.debug("llm: %s; retry %d/%d in %.2f s", error, attempt + 1, self.max_retries, delay)
@@ -280,16 +385,31 @@ class OpenAIContextWriter(ContextWriterBase):
 
     @staticmethod
     def _parse(resp: Any) -> tuple[list[str], str, str | None]:
-        """``(prompts, raw text, error)`` from a chat completion."""
-        if not resp.choices:
+        """``(prompts, raw text, error)`` from a chat completion; any unusable shape is an error."""
+        if isinstance(resp, (str, bytes)):
+            text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else resp
+            kind = "an HTML page" if "<html" in text[:500].lower() else "plain text"
+            return (
+                [],
+                "",
+                f"unusable answer: the body is {kind}, not a chat completion ({_one_line(text, 60)!r})",
+            )
+        choices = getattr(resp, "choices", None)
+        if not isinstance(choices, list):
+            return [], "", "unusable answer: no choices list in the body"
+        if not choices:
             return [], "", "empty answer: no choices"
-        choice = resp.choices[0]
-        msg = choice.message
-        raw = msg.content or ""
+        choice = choices[0]
+        msg = getattr(choice, "message", None)
+        if msg is None:
+            return [], "", 'unusable answer: "message" is null'
+        raw = getattr(msg, "content", None) or ""
+        if not isinstance(raw, str):
+            return [], "", f"unusable answer: message content is a {type(raw).__name__}, not text"
         refusal = getattr(msg, "refusal", None)
         if refusal:
             return [], raw, f"refusal: {_one_line(refusal, 120)}"
-        if choice.finish_reason == "content_filter":
+        if getattr(choice, "finish_reason", None) == "content_filter":
             return [], raw, "refusal: content filter"
         if not raw.strip():
             return [], raw, "empty answer"
@@ -298,7 +418,7 @@ class OpenAIContextWriter(ContextWriterBase):
         except json.JSONDecodeError as exc:
             if _REFUSAL.match(raw):
                 return [], raw, f"refusal: {_one_line(raw, 120)}"
-            cut = " (answer cut at max_tokens)" if choice.finish_reason == "length" else ""
+            cut = " (answer cut at max_tokens)" if getattr(choice, "finish_reason", None) == "length" else ""
             return [], raw, f"malformed JSON: {exc.msg} at char {exc.pos}{cut}"
         if not isinstance(data, dict) or "prompts" not in data:
             return [], raw, 'malformed JSON: expected an object with key "prompts"'

@@ -77,12 +77,17 @@ class T3BenchConfig:
 
     def __post_init__(self) -> None:
         self.fovs = tuple(float(f) for f in self.fovs)
-        if self.level < 0:
-            raise ValueError(f"T3BenchConfig.level must be >= 0, got {self.level}")
+        if not 0 <= self.level <= 4:
+            # level 4 is already 2562 cameras per field of view; each level multiplies them by ~4
+            raise ValueError(f"T3BenchConfig.level must be in [0, 4] (4 = 2562 cameras), got {self.level}")
+        if len(self.fovs) > 16:
+            raise ValueError(f"T3BenchConfig.fovs: at most 16 fields of view, got {len(self.fovs)}")
         if not self.fovs or any(not 0 < f < math.pi for f in self.fovs):
             raise ValueError(f"T3BenchConfig.fovs must be non-empty, each in (0, pi), got {self.fovs}")
-        if self.smooth_iterations < 0:
-            raise ValueError(f"T3BenchConfig.smooth_iterations must be >= 0, got {self.smooth_iterations}")
+        if not 0 <= self.smooth_iterations <= 1000:
+            raise ValueError(
+                f"T3BenchConfig.smooth_iterations must be in [0, 1000], got {self.smooth_iterations}"
+            )
 
 
 @dataclass
