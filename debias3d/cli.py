@@ -457,6 +457,22 @@ def report_heatmap(
     typer.echo(f"wrote {len(paths)} {fmt} file(s)")
 
 
+@app.command("convert-hyperscore")
+def convert_hyperscore(
+    checkpoint: Annotated[Path, typer.Option(help="HyperScore's checkpoint/model.pth.")],
+    clip: Annotated[
+        Path, typer.Option(help="transformers openai/clip-vit-base-patch16 folder (config + tokenizer).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write; use it as evaluator_weights.")],
+) -> None:
+    """Convert the released HyperScore checkpoint for `evaluator: hyperscore-clip` (weights-only load)."""
+    with _user_errors():
+        from debias3d.models.evaluator.clip import convert_hyperscore_checkpoint
+
+        folder = convert_hyperscore_checkpoint(checkpoint, out, clip)
+    typer.echo(f"wrote {folder}; set evaluator: hyperscore-clip and evaluator_weights: {folder}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

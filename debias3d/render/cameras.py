@@ -40,9 +40,10 @@ __all__ = [
 
 #: How a renderer rescales a mesh before rendering a rig.
 #: ``unit_sphere`` (MATE-3D): bounding-box centre to the origin, farthest vertex at radius 1.
+#: ``unit_sphere_mean`` (HyperScore's renderer): vertex mean to the origin, farthest vertex at radius 1.
 #: ``unit_cube`` (T3Bench): vertex mean to the origin, max ``|coordinate|`` = 1.
 #: ``none``: render the mesh in its own coordinates.
-NORMALIZE_MODES = ("unit_sphere", "unit_cube", "none")
+NORMALIZE_MODES = ("unit_sphere", "unit_sphere_mean", "unit_cube", "none")
 
 #: T3Bench renders every icosphere vertex with these vertical fields of view (radians) and keeps the
 #: best score over them.

@@ -146,14 +146,15 @@ def normalize_vertices(vertices: np.ndarray, mode: str) -> np.ndarray:
     Args:
         vertices: ``(N, 3)`` finite coordinates with non-zero extent.
         mode: ``"unit_sphere"`` (MATE-3D: bounding-box centre to the origin, farthest vertex at
-            radius 1), ``"unit_cube"`` (T3Bench: vertex mean to the origin, max ``|coord|`` = 1) or
+            radius 1), ``"unit_sphere_mean"`` (HyperScore's ``normalize_verts``: vertex mean to the
+            origin, farthest vertex at radius 1), ``"unit_cube"`` (T3Bench: vertex mean to the origin, max ``|coord|`` = 1) or
             ``"none"``.
     """
     v = np.asarray(vertices, dtype=np.float64)
     if mode == "none":
         return v.copy()
-    if mode == "unit_sphere":
-        centre = (v.min(axis=0) + v.max(axis=0)) / 2.0
+    if mode in ("unit_sphere", "unit_sphere_mean"):
+        centre = v.mean(axis=0) if mode == "unit_sphere_mean" else (v.min(axis=0) + v.max(axis=0)) / 2.0
         v = v - centre
         scale = float(np.linalg.norm(v, axis=1).max())
     elif mode == "unit_cube":

@@ -1,38 +1,46 @@
 """HyperScore on CLIP ViT-B/16 — the real evaluator backend (registry: ``hyperscore-clip``).
 
-The released HyperScore (MATE-3D) computes, for quality dimension ``i`` (Eq. 4 of the paper):
+A port of the released HyperScore (zhangyujie-1998/HyperScore, ``HyperScore.py`` and
+``model/networks.py``) onto ``transformers.CLIPModel``. For quality dimension ``i`` (MATE-3D Eq. 4):
 
-* patch features of all 6 views ``P`` ``(B, 6·197, 512)`` (CLIP visual tokens after ``ln_post`` and
-  the visual projection) and prompt token features ``T`` ``(B, 77, 512)`` with EOT feature ``t``;
-* condition features ``f_c^i`` from CoOp context + "alignment quality" … through CLIP's text tower;
-* patch weights ``softmax_n(cos(P, T) · cos(f_c, T)ᵀ)``, fused ``(Σ_n w_n P_n) ⊙ t`` → ``fc_quality``
-  (512→224);
-* ``π``: ``fc_condition`` (512→112·7·7) and a HyperIQA hypernetwork → a target MLP
-  224→112→56→28→14→1 with sigmoid activations (``ψ``).
+* patch features ``P`` ``(B, 6·196, 512)``: each view's CLIP patch tokens without the class token,
+  ``visual_projection(post_layernorm(h[:, 1:]))`` (upstream ``ln_post(x[:, 1:, :]) @ proj``);
+* prompt token features ``T`` ``(B, 77, 512)``: every prompt is padded to 77 tokens with id 0 as
+  OpenAI's ``clip.tokenize`` does, runs through the text tower with CLIP's causal mask, and *all*
+  77 projected positions are kept, padding included; ``t`` is the EOT feature;
+* condition features ``f_c^i`` ``(K, 512)``: the EOT feature of the learned prompt
+  ``[SOS] name_i ctx_1 … ctx_12 . [EOT] 0 …`` (CoOp, class-specific context,
+  ``class_token_position='front'``);
+* patch weights ``w_{n,i} = softmax_n(Σ_t cos(T_t, f_c^i) · cos(T_t, P_n))`` with the sum over all
+  77 positions; fused ``(Σ_n w_{n,i} P_n) ⊙ t`` → ``fc_quality`` (512→224);
+* ``π``: ``fc_condition`` (512→112·7·7) and HyperIQA's hypernetwork (three 3×3 conv weight
+  generators + ``fc4w_fc``) → a target net 224→112→56→28→1 with ReLU (``ψ``).
 
-Views are resized to 224 px and normalised with the ImageNet mean/std, as HyperScore's inference
-code does. The text side is split (``embed_tokens`` → ``forward_embeds``) so that
-:meth:`score_from_embeddings` is differentiable w.r.t. the prompt's token embeddings.
+Views are rendered at 512 px with meshes centred on their vertex mean and scaled to unit radius
+(``MeshRenderer3D.normalize_verts``), resized to 224 px and normalised with the ImageNet mean/std,
+as HyperScore's ``demo.py`` does. The text side is split (``embed_tokens`` → ``forward_embeds``) so
+that :meth:`score_from_embeddings` is differentiable w.r.t. the prompt's token embeddings.
 
-One-off checkpoint conversion (HyperScore ships a pickled ``checkpoint/model.pth``; this project
-loads only safetensors)::
+A zero in ``attention_mask`` *before* a prompt's EOT (a word the caller deleted) removes that token
+from the text attention and from the patch-weight sum; positions after the EOT are padding and
+count, as upstream. With the mask :meth:`CLIPHyperScore.tokenize` returns, this is upstream's model.
 
-    from debias3d.models.evaluator.clip import convert_hyperscore_checkpoint
-    convert_hyperscore_checkpoint("MATE-3D/checkpoint/model.pth", "hyperscore.safetensors")
+HyperScore ships a pickled ``checkpoint/model.pth``; this project reads only safetensors. Convert it
+once (``docs/hyperscore.md``)::
 
-It loads with ``torch.load(weights_only=True)``, maps OpenAI-CLIP keys to ``transformers.CLIPModel``
-keys (:func:`openai_clip_to_hf`) under ``clip.``, keeps the head keys (``prompt_learner.ctx``,
-``fc_quality``, ``fc_condition``, ``hypernet``) and drops the duplicated frozen text encoder and CoOp
-buffers. Then::
+    debias3d convert-hyperscore --checkpoint HyperScore/checkpoint/model.pth \\
+        --clip /models/clip-vit-base-patch16 --out /models/hyperscore
 
-    ev = CLIPHyperScore.from_pretrained("clip-vit-base-patch16/", "hyperscore.safetensors")
+and set ``evaluator: hyperscore-clip`` with ``evaluator_weights: /models/hyperscore``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +57,7 @@ __all__ = [
     "HyperIQANet",
     "convert_hyperscore_checkpoint",
     "hf_clip_to_openai",
+    "map_hyperscore_state_dict",
     "openai_clip_to_hf",
 ]
 
@@ -57,19 +66,38 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: Files of a transformers CLIP folder that a converted evaluator folder keeps (no weights).
+CLIP_CONFIG_FILES: tuple[str, ...] = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+)
+#: Name of the converted evaluator's weights and config inside its folder.
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "debias3d-hyperscore-clip"
+
+_CONVERT_HINT = (
+    "convert HyperScore's checkpoint/model.pth once with `debias3d convert-hyperscore --checkpoint "
+    "model.pth --clip CLIP_FOLDER --out DIR` and set evaluator_weights to DIR (docs/hyperscore.md)"
+)
+
 
 # --------------------------------------------------------------------------------------------- hypernet
 class HyperIQANet(nn.Module):
-    """HyperIQA's weight generator (Su et al. 2020), fed with a ``(K, C, s, s)`` condition map.
+    """HyperIQA's weight generator as HyperScore uses it, fed with a ``(K, C, s, s)`` condition map.
 
-    Generates, per condition, a target MLP ``in → f1 → f2 → f3 → f4 → 1``: weights of the first four
-    layers from 3×3 convolutions, the last layer and all biases from the pooled map.
-    Parameter names follow HyperIQA/HyperScore (``fc1w_conv``, ``fc1b_fc``, …, ``fc5w_fc``).
+    For ``sizes = (in, f1, …, fL)`` it generates, per condition, a target net
+    ``in → f1 → … → fL → 1``: the weights of the first ``L`` layers from 3×3 convolutions
+    (``fc{j}w_conv``, reshaped as ``view(-1, out, in)``), the last layer's weights (``fc{L+1}w_fc``)
+    and all biases (``fc{j}b_fc``) from the average-pooled map. HyperScore: ``sizes = (224, 112,
+    56, 28)``, ``C = 112``, ``s = 7``.
     """
 
-    def __init__(
-        self, channels: int = 112, sizes: Sequence[int] = (224, 112, 56, 28, 14), feature_size: int = 7
-    ):
+    def __init__(self, channels: int = 112, sizes: Sequence[int] = (224, 112, 56, 28), feature_size: int = 7):
         super().__init__()
         self.sizes = tuple(sizes)
         s2 = feature_size**2
@@ -95,24 +123,40 @@ class HyperIQANet(nn.Module):
 
 
 def _target_net(x: Tensor, params: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """HyperIQA's TargetNet: sigmoid between layers. ``x`` ``(B, K, in)`` → ``(B, K)``."""
+    """HyperScore's TargetNet: ReLU after every layer but the last. ``x`` ``(B, K, in)`` → ``(B, K)``."""
     h = x
     for j, (w, b) in enumerate(params):
         h = torch.einsum("bki,koi->bko", h, w) + b
         if j < len(params) - 1:
-            h = torch.sigmoid(h)
+            h = torch.relu(h)
     return h.squeeze(-1)
+
+
+def _eot_index(mask: Tensor) -> Tensor:
+    """Index of each row's last real token (the EOT), ``(B, T)`` → ``(B,)``."""
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    return (mask.bool().long() * (pos + 1)).argmax(1)
+
+
+def _counted(mask: Tensor) -> Tensor:
+    """Positions that take part: real tokens and the padding after the EOT (not deleted words)."""
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    return mask.bool() | (pos[None] > _eot_index(mask)[:, None])
 
 
 # --------------------------------------------------------------------------------------------- model
 class CLIPHyperScore(HyperScoreBase):
     """HyperScore with a ``transformers.CLIPModel`` (ViT-B/16 for the released checkpoint).
 
+    Parameter names follow upstream's ``state_dict`` (``prompt_learner.ctx`` /
+    ``token_prefix`` / ``token_suffix``, ``fc_quality``, ``fc_condition``, ``hypernet.*``), with
+    the CLIP weights under ``clip.`` in ``transformers`` layout.
+
     Args:
         config: sizes; defaults to :class:`CLIPHyperScoreConfig`.
-        clip_model: a ``CLIPModel`` (frozen here); loaded from ``config.clip_path`` when None.
-        tokenizer: a callable like a HF tokenizer (``padding``, ``return_tensors="pt"``); loaded from
-            ``config.clip_path`` when None.
+        clip_model: a ``CLIPModel`` (frozen here); built from ``config.clip_path`` when None.
+        tokenizer: a CLIP tokenizer (called like a HF tokenizer with ``return_offsets_mapping``);
+            loaded from ``config.clip_path`` when None.
     """
 
     def __init__(
@@ -124,33 +168,62 @@ class CLIPHyperScore(HyperScoreBase):
         super().__init__()
         self.config = config = config or CLIPHyperScoreConfig()
         if clip_model is None or tokenizer is None:
-            if not config.clip_path or not Path(config.clip_path).is_dir():
-                raise FileNotFoundError(
-                    f"CLIPHyperScore: CLIP folder {config.clip_path!r} not found; download "
-                    "openai/clip-vit-base-patch16 once on a machine with network access and set clip_path"
-                )
-            from transformers import AutoTokenizer, CLIPModel
+            clip_dir = _check_clip_folder(config.clip_path)
+            from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
-            clip_model = clip_model or CLIPModel.from_pretrained(config.clip_path, local_files_only=True)
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.clip_path, local_files_only=True)
+            if clip_model is None:
+                # Weights come from the converted checkpoint; the folder gives only the architecture.
+                clip_model = CLIPModel(CLIPConfig.from_pretrained(clip_dir, local_files_only=True))
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(clip_dir, local_files_only=True)
         self.clip = clip_model
         self.tokenizer = tokenizer
         for p in self.clip.parameters():
             p.requires_grad_(False)
         d = int(self.clip.config.projection_dim)
         e = int(self.clip.config.text_config.hidden_size)
-        self.max_length = int(self.clip.config.text_config.max_position_embeddings)
-        enc = self.tokenize(list(config.dimension_prompts))
-        self.register_buffer("name_ids", enc["input_ids"].clone(), persistent=False)
-        self.register_buffer("name_mask", enc["attention_mask"].clone(), persistent=False)
+        self.max_length = int(config.context_length)
+        if self.max_length > int(self.clip.config.text_config.max_position_embeddings):
+            raise ValueError(
+                f"CLIPHyperScoreConfig.context_length {self.max_length} exceeds the CLIP text tower's "
+                f"{self.clip.config.text_config.max_position_embeddings} positions"
+            )
+        k = len(config.dimensions)
         self.prompt_learner = nn.Module()
-        self.prompt_learner.ctx = nn.Parameter(torch.randn(len(config.dimensions), config.n_ctx, e) * 0.02)
+        self.prompt_learner.ctx = nn.Parameter(torch.randn(k, config.n_ctx, e) * 0.02)
+        prefix, suffix, name_lens, eot = self._condition_prompt_tokens()
+        # Upstream keeps these token embeddings as (persistent) buffers; a checkpoint's copies win.
+        self.prompt_learner.register_buffer("token_prefix", prefix)
+        self.prompt_learner.register_buffer("token_suffix", suffix)
+        self.name_lens = name_lens
+        self.register_buffer("cond_eot", eot, persistent=False)
         c, s = config.hyper_in_channels, config.feature_size
         self.fc_quality = nn.Linear(d, config.target_sizes[0])
         self.fc_condition = nn.Linear(d, c * s * s)
         self.hypernet = HyperIQANet(c, config.target_sizes, s)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._cond_cache: Tensor | None = None
+
+    # ----------------------------------------------------------------- views
+    @property
+    def view_cache(self) -> Any:
+        """MATE-3D's six views at ``render_size``, meshes centred on their vertex mean (HyperScore)."""
+        if self._view_cache is None:
+            from debias3d.models.evaluator.views import ViewCache
+            from debias3d.render.cameras import CameraRig, mate3d_rig
+
+            rig = mate3d_rig()
+            rig = CameraRig(
+                "hyperscore", rig.cameras, normalize="unit_sphere_mean", fovs=rig.fovs, background="white"
+            )
+            # 512 px views are 4.7 MB each (uint8); keep the cache to about 1.2 GB.
+            self._view_cache = ViewCache(rig=rig, image_size=self.config.render_size, max_items=256)
+        return self._view_cache
+
+    @view_cache.setter
+    def view_cache(self, cache: Any) -> None:
+        self._view_cache = cache
 
     # ----------------------------------------------------------------- text side
     @property
@@ -162,56 +235,138 @@ class CLIPHyperScore(HyperScoreBase):
     def dim(self) -> int:
         return int(self.clip.config.projection_dim)
 
+    def _token_ids(self, prompts: Sequence[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        enc = self.tokenizer(
+            list(prompts), truncation=True, max_length=self.max_length, return_offsets_mapping=True
+        )
+        ids = [list(map(int, row)) for row in enc["input_ids"]]
+        offsets = [[(int(a), int(b)) for a, b in row] for row in enc["offset_mapping"]]
+        return ids, offsets
+
     def tokenize(self, prompts: Sequence[str]) -> Any:
-        """CLIP tokens padded to the longest prompt (≤ 77): ``input_ids``, ``attention_mask``."""
-        return self.tokenizer(
-            list(prompts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        """CLIP tokens padded to ``context_length`` (77) with ``pad_token_id`` (0), as ``clip.tokenize``.
+
+        Returns:
+            ``input_ids`` ``(B, 77)``, ``attention_mask`` ``(B, 77)`` (1 on ``[SOS] … [EOT]``),
+            ``offset_mapping`` ``(B, 77, 2)`` character spans (``(0, 0)`` on special tokens).
+        """
+        from transformers import BatchEncoding
+
+        ids, offsets = self._token_ids(prompts)
+        b, t = len(ids), self.max_length
+        out_ids = torch.full((b, t), int(self.config.pad_token_id), dtype=torch.long)
+        mask = torch.zeros((b, t), dtype=torch.long)
+        spans = torch.zeros((b, t, 2), dtype=torch.long)
+        for i, (row, off) in enumerate(zip(ids, offsets, strict=True)):
+            out_ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+            spans[i, : len(off)] = torch.tensor(off).view(-1, 2)
+        device = self.clip.text_model.embeddings.token_embedding.weight.device
+        return BatchEncoding({"input_ids": out_ids, "attention_mask": mask, "offset_mapping": spans}).to(
+            device
         )
 
     def embed_tokens(self, input_ids: Tensor) -> Tensor:
         """``(B, T)`` → ``(B, T, E)`` CLIP token embeddings (no positions; added in ``forward_embeds``)."""
-        return self.clip.text_model.embeddings.token_embedding(input_ids)
+        emb = self.clip.text_model.embeddings.token_embedding
+        return emb(input_ids.to(emb.weight.device))
 
     def forward_embeds(self, inputs_embeds: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """CLIP text tower over ``inputs_embeds`` ``(B, T, E)`` → projected token features ``(B, T, D)``.
+        """CLIP text tower over ``inputs_embeds`` ``(B, T, E)`` → projected features of every position ``(B, T, D)``.
 
-        Causal attention as in CLIP (padding after EOT cannot influence real tokens); the EOT
-        feature is the last real token's (``attention_mask.sum(1) - 1``).
+        Upstream's ``TextEncoder``: positions added, CLIP's causal mask, ``ln_final``, then
+        ``@ text_projection`` on all positions. Tokens masked out before the EOT are hidden from
+        every query (deleted words); the padding after the EOT is attended to as upstream does.
         """
         tm = self.clip.text_model
-        t = inputs_embeds.shape[1]
+        b, t = inputs_embeds.shape[:2]
         pos = torch.arange(t, device=inputs_embeds.device)[None]
         hidden = tm.embeddings(inputs_embeds=inputs_embeds, position_ids=pos)
-        causal = torch.full((t, t), float("-inf"), device=hidden.device, dtype=hidden.dtype).triu(1)
-        enc = tm.encoder(
-            inputs_embeds=hidden, attention_mask=causal[None, None].expand(hidden.shape[0], 1, t, t)
-        )
+        allowed = torch.ones(t, t, dtype=torch.bool, device=hidden.device).tril()[None].expand(b, t, t)
+        if attention_mask is not None:
+            allowed = allowed & _counted(attention_mask.to(hidden.device))[:, None, :]
+        bias = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+        bias = bias.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[:, None]
+        enc = tm.encoder(inputs_embeds=hidden, attention_mask=bias)
         last = enc[0] if isinstance(enc, tuple) else enc.last_hidden_state
         return self.clip.text_projection(tm.final_layer_norm(last))
 
-    @staticmethod
-    def _eot(features: Tensor, mask: Tensor) -> Tensor:
-        idx = mask.long().sum(1).clamp_min(1) - 1
-        return features[torch.arange(features.shape[0], device=features.device), idx]
+    def _condition_prompt_tokens(self) -> tuple[Tensor, Tensor, list[int], Tensor]:
+        """Upstream ``PromptLearner.__init__``: embeddings of ``"X … X name."`` split around the context.
+
+        Returns ``token_prefix`` ``(K, 1, E)`` (SOS), ``token_suffix`` ``(K, T - 1 - n_ctx, E)``
+        (name, ``.``, EOT, padding), the name lengths and the EOT index of each learned prompt.
+        """
+        cfg = self.config
+        names = [n.replace("_", " ") for n in cfg.dimension_prompts]
+        name_ids, _ = self._token_ids(names)
+        full_ids, _ = self._token_ids([f"{n}." for n in names])
+        t = self.max_length
+        rows, name_lens, eot = [], [], []
+        for name_row, row in zip(name_ids, full_ids, strict=True):
+            name_lens.append(len(name_row) - 2)  # without SOS / EOT
+            ids = [row[0], *([cfg.pad_token_id] * cfg.n_ctx), *row[1:]]  # the X slots are replaced
+            if len(ids) > t:
+                raise ValueError(f"CLIPHyperScore: learned prompt for {row!r} longer than {t} tokens")
+            eot.append(len(ids) - 1)
+            rows.append(ids + [cfg.pad_token_id] * (t - len(ids)))
+        with torch.no_grad():
+            emb = self.embed_tokens(torch.tensor(rows, dtype=torch.long)).detach().float().cpu()
+        prefix = emb[:, :1].clone()
+        suffix = emb[:, 1 + cfg.n_ctx :].clone()
+        return prefix, suffix, name_lens, torch.tensor(eot, dtype=torch.long)
+
+    def condition_prompts(self) -> Tensor:
+        """Upstream ``PromptLearner.forward``: the learned prompts' input embeddings ``(K, T, E)``."""
+        pl = self.prompt_learner
+        prefix, suffix, ctx = pl.token_prefix, pl.token_suffix, pl.ctx
+        if self.config.class_token_position == "end":
+            return torch.cat([prefix, ctx, suffix], dim=1)
+        rows = []
+        for i, n in enumerate(self.name_lens):
+            rows.append(
+                torch.cat(
+                    [prefix[i : i + 1], suffix[i : i + 1, :n], ctx[i : i + 1], suffix[i : i + 1, n:]], 1
+                )
+            )
+        return torch.cat(rows, dim=0)
+
+    def _clear_condition_cache(self) -> None:
+        self._cond_cache = None
 
     def condition_features(self) -> Tensor:
-        """``f_c`` ``(K, D)``: ``[SOT] ctx … name [EOT]`` through the text tower, EOT feature."""
-        emb = self.embed_tokens(self.name_ids)
-        k = emb.shape[0]
-        full = torch.cat([emb[:, :1], self.prompt_learner.ctx, emb[:, 1:]], dim=1)
-        ones = torch.ones(k, self.config.n_ctx, dtype=self.name_mask.dtype, device=self.name_mask.device)
-        mask = torch.cat([self.name_mask[:, :1], ones, self.name_mask[:, 1:]], dim=1)
-        return self._eot(self.forward_embeds(full, mask), mask)
+        """``f_c`` ``(K, D)``: the learned prompts through the text tower, EOT features.
+
+        Constant at inference, so it is cached in eval mode (cleared by ``train()`` / loading).
+        """
+        if not self.training and self._cond_cache is not None:
+            return self._cond_cache
+        emb = self.condition_prompts()
+        feats = self.forward_embeds(emb.to(self.fc_condition.weight.dtype))
+        cond = feats[torch.arange(feats.shape[0], device=feats.device), self.cond_eot.to(feats.device)]
+        if not self.training:
+            self._cond_cache = cond.detach()
+        return cond
 
     # ----------------------------------------------------------------- image side
     def encode_views(self, views: Tensor) -> Tensor:
-        """``(B, V, 3, H, W)`` in [0, 1] → all projected patch tokens ``(B, V·(1+P), D)``."""
+        """``(B, V, 3, H, W)`` in [0, 1] → projected patch tokens without the class token ``(B, V·P, D)``."""
         b, v = views.shape[:2]
-        x = self._fit_views(views).flatten(0, 1)
+        x = views.flatten(0, 1)
+        size = self.config.image_size
+        if tuple(x.shape[-2:]) != (size, size):
+            # torchvision's Resize on tensors, as in demo.py (no antialiasing before torchvision 0.17)
+            x = F.interpolate(
+                x,
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=self.config.resize_antialias,
+            )
         x = (x - self.mean) / self.std
         vm = self.clip.vision_model
         out = vm(pixel_values=x)
-        tokens = vm.post_layernorm(out.last_hidden_state)
+        tokens = vm.post_layernorm(out.last_hidden_state[:, 1:])  # upstream ln_post(x[:, 1:, :])
         feats = self.clip.visual_projection(tokens)
         return feats.reshape(b, v * feats.shape[1], -1)
 
@@ -220,14 +375,18 @@ class CLIPHyperScore(HyperScoreBase):
         return self.forward_features(self.encode_views(views), text_features, mask)
 
     def forward_features(self, patches: Tensor, text_features: Tensor, mask: Tensor) -> Tensor:
-        """Eq. 4 on cached patch tokens ``(B, N, D)`` from :meth:`encode_views`."""
-        m = mask.to(text_features.dtype).unsqueeze(1)
+        """Eq. 4 on cached patch tokens ``(B, N, D)`` from :meth:`encode_views`.
+
+        ``mask`` ``(B, T)``: see :meth:`forward_embeds`; the padding after the EOT is summed over.
+        """
+        keep = _counted(mask).to(text_features.dtype).unsqueeze(1)  # (B, 1, T)
         cond = self.condition_features()  # (K, D)
         tn, pn, cn = (F.normalize(x, dim=-1) for x in (text_features, patches, cond))
-        sim_tex = torch.einsum("btd,bnd->bnt", tn, pn) * m  # (B, N, T)
-        sim_cond = torch.einsum("btd,kd->bkt", tn, cn) * m  # (B, K, T)
+        sim_tex = torch.einsum("btd,bnd->bnt", tn, pn) * keep  # (B, N, T)
+        sim_cond = torch.einsum("btd,kd->bkt", tn, cn)  # (B, K, T)
         w = torch.softmax(torch.einsum("bkt,bnt->bnk", sim_cond, sim_tex), dim=1)  # over patches
-        fused = torch.einsum("bnk,bnd->bkd", w, patches) * self._eot(text_features, mask)[:, None]
+        eot = text_features[torch.arange(text_features.shape[0], device=mask.device), _eot_index(mask)]
+        fused = torch.einsum("bnk,bnd->bkd", w, patches) * eot[:, None]
         q = self.fc_quality(fused)  # (B, K, 224)
         s = self.config.feature_size
         params = self.hypernet(self.fc_condition(cond).view(cond.shape[0], -1, s, s))
@@ -235,36 +394,98 @@ class CLIPHyperScore(HyperScoreBase):
 
     # ----------------------------------------------------------------- persistence
     def load_weights(self, path: str | os.PathLike) -> None:
-        """Load a converted checkpoint: head keys, plus ``clip.*`` keys if present."""
+        """Load a converted checkpoint strictly: every key of this model, nothing else."""
         from debias3d.models.persistence import load_safetensors
 
         state = load_safetensors(path)
-        head = {k: v for k, v in state.items() if not k.startswith("clip.")}
-        clip_state = {k[len("clip.") :]: v for k, v in state.items() if k.startswith("clip.")}
-        missing, unexpected = self.load_state_dict(head, strict=False)
-        missing = [k for k in missing if not k.startswith("clip.")]
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if "position_ids" not in k]
         if missing or unexpected:
-            raise ValueError(f"{path}: missing head keys {missing[:6]}, unexpected keys {unexpected[:6]}")
-        if clip_state:
-            cm, cu = self.clip.load_state_dict(clip_state, strict=False)
-            cm = [k for k in cm if "position_ids" not in k]
-            if cm or cu:
-                raise ValueError(f"{path}: CLIP keys missing {cm[:6]}, unexpected {cu[:6]}")
+            raise ValueError(
+                f"{path}: not a HyperScore checkpoint for this config: missing keys {missing[:6]}, "
+                f"unexpected keys {unexpected[:6]}"
+            )
+        self._clear_condition_cache()
 
     @classmethod
     def from_pretrained(
         cls,
-        clip_path: str | os.PathLike,
+        path: str | os.PathLike | None = None,
         checkpoint: str | os.PathLike | None = None,
         device: str = "cpu",
         **kw: Any,
     ) -> CLIPHyperScore:
-        """Build from a local CLIP folder and (optionally) a converted HyperScore safetensors file."""
-        cfg = CLIPHyperScoreConfig(clip_path=str(clip_path), checkpoint=str(checkpoint or ""), **kw)
-        model = cls(cfg)
-        if checkpoint:
-            model.load_weights(checkpoint)
+        """Build from a folder written by :func:`convert_hyperscore_checkpoint` (``evaluator_weights``).
+
+        Args:
+            path: the converted folder (``config.json``, ``model.safetensors``, ``clip/``), or a
+                transformers CLIP folder when ``checkpoint`` names the converted safetensors file.
+            checkpoint: converted weights, only with a CLIP folder as ``path``.
+            device: torch device.
+            **kw: :class:`CLIPHyperScoreConfig` overrides.
+
+        Raises:
+            FileNotFoundError: a one-line message naming what to set, before anything is built.
+        """
+        from debias3d.config import from_dict
+        from debias3d.models.persistence import read_json
+
+        if path is None or not str(path):
+            raise FileNotFoundError(f"hyperscore-clip: evaluator_weights is not set; {_CONVERT_HINT}")
+        folder = Path(path)
+        if checkpoint is None:
+            weights, cfg_file = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+            if not folder.is_dir() or not weights.is_file() or not cfg_file.is_file():
+                raise FileNotFoundError(
+                    f"hyperscore-clip: {folder} is not a converted HyperScore folder (needs "
+                    f"{CONFIG_FILE} and {WEIGHTS_FILE}); {_CONVERT_HINT}"
+                )
+            data = read_json(cfg_file)
+            if data.get("format") != FORMAT:
+                raise ValueError(
+                    f"{cfg_file}: not written by convert-hyperscore (format {data.get('format')!r})"
+                )
+            cfg_dict = {**data["config"], **kw}
+            clip = Path(cfg_dict.get("clip_path") or "clip")
+            cfg_dict["clip_path"] = str(clip if clip.is_absolute() else folder / clip)
+            cfg = from_dict(CLIPHyperScoreConfig, cfg_dict, source=str(cfg_file))
+        else:
+            weights = Path(checkpoint)
+            if not weights.is_file():
+                raise FileNotFoundError(f"hyperscore-clip: checkpoint {weights} not found; {_CONVERT_HINT}")
+            cfg = CLIPHyperScoreConfig(clip_path=str(folder), **kw)
+        clip_dir = _check_clip_folder(cfg.clip_path)
+        from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+        tokenizer = AutoTokenizer.from_pretrained(clip_dir, local_files_only=True)
+        clip_config = CLIPConfig.from_pretrained(clip_dir, local_files_only=True)
+        try:  # every weight is loaded from the checkpoint below: skip the random init
+            from transformers.initialization import no_init_weights
+        except ImportError:  # older transformers
+            from contextlib import nullcontext as no_init_weights
+        with no_init_weights():
+            clip_model = CLIPModel(clip_config)
+        model = cls(cfg, clip_model=clip_model, tokenizer=tokenizer)
+        model.load_weights(weights)
         return model.to(device).eval()
+
+
+def _check_clip_folder(clip_path: str | os.PathLike) -> Path:
+    """The CLIP folder, or a one-line :class:`FileNotFoundError` naming what is missing."""
+    folder = Path(clip_path) if clip_path else None
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError(
+            f"hyperscore-clip: CLIP folder {str(clip_path)!r} not found; it needs the config and "
+            "tokenizer files of openai/clip-vit-base-patch16 (copied into the converted folder by "
+            "`debias3d convert-hyperscore`, or set clip_path)"
+        )
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"hyperscore-clip: CLIP folder {folder} has no config.json")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
+        raise FileNotFoundError(
+            f"hyperscore-clip: CLIP folder {folder} has no tokenizer files (tokenizer.json or vocab.json + merges.txt)"
+        )
+    return folder
 
 
 # --------------------------------------------------------------------------------------------- conversion
@@ -362,40 +583,98 @@ def hf_clip_to_openai(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def convert_hyperscore_checkpoint(pth: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Convert HyperScore's ``checkpoint/model.pth`` to safetensors for :class:`CLIPHyperScore`.
+#: Upstream ``TextEncoder`` attributes: views of the same ``clip_model`` modules, saved twice.
+_TEXT_ENCODER_PREFIXES = ("transformer.", "positional_embedding", "ln_final.", "text_projection")
+#: Head keys kept under their upstream names.
+_HEAD_PREFIXES = ("prompt_learner.", "fc_quality.", "fc_condition.", "hypernet.")
 
-    ``torch.load(weights_only=True)`` refuses arbitrary pickled objects. Kept: ``clip_model.*``
-    (renamed to ``clip.*`` in ``transformers`` layout), ``prompt_learner.ctx``, ``fc_quality.*``,
-    ``fc_condition.*``, ``hypernet.fc*``. Dropped: ``text_encoder.*`` (a view of the CLIP text tower),
-    CoOp's token prefix/suffix buffers (recomputed from the tokenizer) and anything else, which is
-    logged.
 
-    Returns:
-        The written path.
+def map_hyperscore_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HyperScore's ``state_dict`` → this project's :class:`CLIPHyperScore` keys, accounting for every key.
+
+    * ``clip_model.*`` (OpenAI CLIP layout) → ``clip.*`` in ``transformers`` layout;
+    * ``text_encoder.*`` must equal the ``clip_model.*`` tensor it is a view of, and is dropped;
+    * ``prompt_learner.{ctx,token_prefix,token_suffix}``, ``fc_quality.*``, ``fc_condition.*``,
+      ``hypernet.*`` keep their names.
+
+    Raises:
+        ValueError: a key that is none of these, or a ``text_encoder.*`` copy that differs.
     """
-    from safetensors.torch import save_file
-
-    state = torch.load(str(pth), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items()}
     clip_keys = {k[len("clip_model.") :]: v for k, v in state.items() if k.startswith("clip_model.")}
-    keep: dict[str, Tensor] = (
-        {f"clip.{k}": v for k, v in openai_clip_to_hf(clip_keys).items()} if clip_keys else {}
-    )
-    dropped = []
-    for k, v in state.items():
-        if k.startswith("clip_model."):
+    out: dict[str, Tensor] = {f"clip.{k}": v for k, v in openai_clip_to_hf(clip_keys).items()}
+    unknown: list[str] = []
+    for key, val in state.items():
+        if key.startswith("clip_model."):
             continue
-        if k == "prompt_learner.ctx" or k.startswith(("fc_quality.", "fc_condition.", "hypernet.fc")):
-            keep[k] = v
+        if key.startswith("text_encoder."):
+            rest = key[len("text_encoder.") :]
+            twin = clip_keys.get(rest)
+            if not rest.startswith(_TEXT_ENCODER_PREFIXES) or twin is None:
+                unknown.append(key)
+            elif twin.shape != val.shape or not torch.equal(twin, val):
+                raise ValueError(f"HyperScore checkpoint: {key} differs from clip_model.{rest}")
+            continue
+        if key.startswith(_HEAD_PREFIXES):
+            out[key] = val
         else:
-            dropped.append(k)
-    if dropped:
-        logger.info("convert_hyperscore_checkpoint: dropped %d keys (e.g. %s)", len(dropped), dropped[:4])
-    keep = {k: v.detach().float().contiguous() for k, v in keep.items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(keep, str(out), metadata={"source": str(pth), "format": "pt"})
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"HyperScore checkpoint: {len(unknown)} unknown keys, e.g. {unknown[:4]}")
+    return out
+
+
+def convert_hyperscore_checkpoint(
+    pth: str | os.PathLike, out: str | os.PathLike, clip: str | os.PathLike
+) -> Path:
+    """Convert HyperScore's ``checkpoint/model.pth`` into a folder ``hyperscore-clip`` loads.
+
+    Reads the checkpoint with ``torch.load(weights_only=True)`` (no arbitrary unpickling), maps
+    every key with :func:`map_hyperscore_state_dict`, and writes ``out/model.safetensors`` (fp32),
+    ``out/config.json`` (:class:`CLIPHyperScoreConfig` with HyperScore's settings) and ``out/clip/``
+    (the CLIP folder's config and tokenizer files; its weights are not needed: the checkpoint holds
+    them). Then ``CLIPHyperScore.from_pretrained(out)`` or ``evaluator_weights: out``.
+
+    Args:
+        pth: ``checkpoint/model.pth`` from the HyperScore release.
+        out: output folder (created).
+        clip: a transformers ``openai/clip-vit-base-patch16`` folder (config + tokenizer files).
+
+    Returns:
+        ``out``.
+    """
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    pth, out = Path(pth), Path(out)
+    if not pth.is_file():
+        raise FileNotFoundError(
+            f"convert-hyperscore: checkpoint {pth} not found (HyperScore's checkpoint/model.pth)"
+        )
+    clip_dir = _check_clip_folder(clip)
+    try:
+        state = torch.load(str(pth), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — unpickling errors have many types; report them in one line
+        raise ValueError(
+            f"convert-hyperscore: cannot read {pth} as a weights-only checkpoint: {exc}"
+        ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"convert-hyperscore: {pth} is not a state dict of tensors")
+    mapped = map_hyperscore_state_dict(state)
+    del state
+    mapped = {k: v.detach().float().contiguous() for k, v in mapped.items()}
+    n_ctx = int(mapped["prompt_learner.ctx"].shape[1]) if "prompt_learner.ctx" in mapped else 12
+    cfg = CLIPHyperScoreConfig(clip_path="clip", n_ctx=n_ctx)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "clip").mkdir(exist_ok=True)
+    for name in CLIP_CONFIG_FILES:
+        if (clip_dir / name).is_file():
+            shutil.copyfile(clip_dir / name, out / "clip" / name)
+    save_file(mapped, str(out / WEIGHTS_FILE), metadata={"format": "pt", "source": pth.name})
+    meta = {"format": FORMAT, "source": pth.name, "config": asdict(cfg)}
+    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info("convert-hyperscore: wrote %d tensors to %s", len(mapped), out)
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DIMENSIONS", "EvaluatorModelConfig", "CLIPHyperScoreConfig"]
+__all__ = ["CLASS_TOKEN_POSITIONS", "DIMENSIONS", "EvaluatorModelConfig", "CLIPHyperScoreConfig"]
 
 #: How the embedded evaluator frames a mesh (:func:`debias3d.models.evaluator.views.evaluator_rig`).
 VIEW_FRAMES: tuple[str, ...] = ("unit_sphere", "scene")
@@ -86,37 +86,85 @@ class EvaluatorModelConfig:
             raise ValueError(f"EvaluatorModelConfig.cnn_widths must be multiples of 8, got {self.cnn_widths}")
 
 
+#: Where the dimension name sits in HyperScore's learned prompt (CoOp ``class_token_position``).
+CLASS_TOKEN_POSITIONS: tuple[str, ...] = ("front", "end")
+
+
 @dataclass
 class CLIPHyperScoreConfig:
     """Architecture of the real HyperScore backend on CLIP ViT-B/16 (``hyperscore-clip``).
 
-    Sizes follow HyperScore's released model: CLIP features 512-d, ``fc_quality`` 512→224,
-    ``fc_condition`` 512→112·7·7 feeding a HyperIQA-style hypernetwork with target layers
-    224→112→56→28→14→1.
+    Defaults are those of the released HyperScore model (``demo.py``: ``n_ctx=12``,
+    ``class_token_position='front'``, class-specific context): CLIP features 512-d, ``fc_quality``
+    512→224, ``fc_condition`` 512→112·7·7 feeding a HyperIQA hypernetwork whose target net is
+    224→112→56→28→1 with ReLU. Learned prompts are ``[SOS] name ctx×12 . [EOT]`` padded to 77.
     """
 
-    clip_path: str = field(default="", metadata={"help": "local CLIPModel folder (ViT-B/16)"})
-    checkpoint: str = field(default="", metadata={"help": "converted HyperScore safetensors (optional)"})
+    clip_path: str = field(
+        default="",
+        metadata={
+            "help": "transformers CLIP ViT-B/16 folder (config + tokenizer files); relative paths are "
+            "read from the converted evaluator folder, which holds a copy in clip/"
+        },
+    )
     image_size: int = field(default=224, metadata={"help": "view size fed to CLIP (px)"})
+    render_size: int = field(
+        default=512, metadata={"help": "views are rendered at this size, then resized (HyperScore: 512)"}
+    )
+    resize_antialias: bool = field(
+        default=False,
+        metadata={
+            "help": "antialias the bilinear resize (HyperScore's torchvision 0.14 does not on tensors)"
+        },
+    )
     n_views: int = field(default=6, metadata={"help": "views per mesh"})
     n_ctx: int = field(default=12, metadata={"help": "CoOp context tokens per dimension (HyperScore: 12)"})
+    class_token_position: str = field(
+        default="front",
+        metadata={"help": "'front': [SOS] name ctx . [EOT] (HyperScore); 'end': [SOS] ctx name . [EOT]"},
+    )
+    context_length: int = field(
+        default=77, metadata={"help": "every prompt is padded to this many tokens (CLIP: 77)"}
+    )
+    pad_token_id: int = field(
+        default=0, metadata={"help": "id used for padding (OpenAI clip.tokenize pads with 0)"}
+    )
     hyper_in_channels: int = field(default=112, metadata={"help": "hypernetwork feature channels"})
     feature_size: int = field(default=7, metadata={"help": "hypernetwork feature map side"})
-    target_sizes: tuple[int, int, int, int, int] = field(
-        default=(224, 112, 56, 28, 14), metadata={"help": "target net: input size, fc1..fc4 sizes"}
+    target_sizes: tuple[int, ...] = field(
+        default=(224, 112, 56, 28),
+        metadata={"help": "target net: input size, then hidden sizes (conv-generated); a last layer -> 1"},
     )
     dimensions: tuple[str, ...] = field(default=DIMENSIONS, metadata={"help": "output dimensions"})
     dimension_prompts: tuple[str, ...] = field(
         default=("alignment quality", "geometry quality", "texture quality", "overall quality"),
-        metadata={"help": "class names after the context tokens"},
+        metadata={"help": "class names of the learned prompts (HyperScore's quality perspectives)"},
     )
     fallback_score: float = field(default=0.0, metadata={"help": "score for unrenderable items"})
 
     def __post_init__(self) -> None:
-        self.target_sizes = tuple(self.target_sizes)
+        self.target_sizes = tuple(int(s) for s in self.target_sizes)
         self.dimensions = tuple(self.dimensions)
         self.dimension_prompts = tuple(self.dimension_prompts)
         _check_dims(self.dimensions, self.dimension_prompts, "CLIPHyperScoreConfig")
+        if self.class_token_position not in CLASS_TOKEN_POSITIONS:
+            raise ValueError(
+                f"CLIPHyperScoreConfig.class_token_position must be one of {CLASS_TOKEN_POSITIONS}, "
+                f"got {self.class_token_position!r}"
+            )
+        if len(self.target_sizes) < 2:
+            raise ValueError(
+                f"CLIPHyperScoreConfig.target_sizes needs an input and at least one hidden size, "
+                f"got {self.target_sizes}"
+            )
+        for name in ("image_size", "render_size", "n_views", "n_ctx", "hyper_in_channels", "feature_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CLIPHyperScoreConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.context_length < self.n_ctx + 3:
+            raise ValueError(
+                f"CLIPHyperScoreConfig.context_length {self.context_length} leaves no room for "
+                f"{self.n_ctx} context tokens"
+            )
         fs2 = self.feature_size**2
         sizes = self.target_sizes
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):
