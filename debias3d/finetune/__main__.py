@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             merge_command(args.adapter, args.out, base=args.base, device=args.device)
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, ValueError, ImportError) as e:
             print(f"error: {e}", file=sys.stderr)  # noqa: T201 — CLI error line
             return 2
         return 0
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(FinetuneConfig, args.config, overrides)
         finetune(cfg, args.out)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)  # noqa: T201 — CLI error line
         return 2
     return 0

@@ -13,11 +13,16 @@ them samples with the adapter without any other change.
 
 Targets are matched by the regex ``(stage1|stage2)(\\..*)?\\.(to_qkv|to_q|to_kv|to_out)`` built from
 the config (peft ``target_modules`` as a string is a full match on the module name), so
-``lora.stages`` can restrict the adapter to one stage.
+``lora.stages`` can restrict the adapter to one stage. A target is a module-name suffix: a leaf
+(``to_q``) or a dotted tail (``mlp.mlp.0``, TRELLIS's first MLP linear in every block, which does
+not match the time embedder's ``t_embedder.mlp.0``).
 
-Real TRELLIS note: its ``SparseLinear`` subclasses ``nn.Linear`` but takes a ``SparseTensor``;
-stock peft wraps it happily and then fails at forward time. :func:`resolve_targets` refuses any
-target whose class overrides ``nn.Linear.forward``, so the error comes at set-up, with the names.
+Real TRELLIS note: its stage-2 ``SparseLinear`` layers (``mlp.mlp.0``, ``mlp.mlp.2``) subclass
+``nn.Linear`` but take a ``SparseTensor``; stock peft wraps them and then fails at forward time.
+They get :class:`~debias3d.finetune.sparse_lora.SparseLoraLinear` through peft's custom-module
+hook, registered here both when an adapter is added and when one is reloaded.
+:func:`resolve_targets` refuses any other ``nn.Linear`` subclass with its own forward, at set-up,
+with the names.
 """
 
 from __future__ import annotations
@@ -71,13 +76,23 @@ def _is_plain_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
 
 
+def _is_lora_linear(module: nn.Module) -> bool:
+    """A layer this project can put LoRA on: a plain ``nn.Linear`` or TRELLIS's ``SparseLinear``."""
+    from .sparse_lora import is_sparse_linear
+
+    return _is_plain_linear(module) or is_sparse_linear(module)
+
+
 def linear_names(module: nn.Module, prefix: str = "") -> Counter:
-    """Leaf names of the plain ``nn.Linear`` layers under ``module`` (name → count), e.g.
-    ``{"to_qkv": 4, "to_out": 8, "0": 8, ...}``. Used in error messages and docs."""
+    """Leaf names of the LoRA-able linear layers under ``module`` (name → count), e.g.
+    ``{"to_qkv": 4, "to_out": 8, "mlp.0": 8, ...}``; a numeric leaf (a ``Sequential`` index) is shown
+    with its parent (``mlp.0``). Used in error messages and docs."""
     out: Counter = Counter()
     for name, m in module.named_modules():
-        if name.startswith(prefix) and _is_plain_linear(m):
-            out[name.rsplit(".", 1)[-1]] += 1
+        if name.startswith(prefix) and _is_lora_linear(m):
+            parts = name.split(".")
+            leaf = ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
+            out[leaf] += 1
     return out
 
 
@@ -88,6 +103,8 @@ def target_regex(stages: Sequence[str], targets: Sequence[str]) -> str:
     >>> bool(re.fullmatch(target_regex(["stage1"], ["to_q"]), "stage1.blocks.0.cross_attn.to_q"))
     True
     >>> bool(re.fullmatch(target_regex(["stage1"], ["to_q"]), "stage1.blocks.0.cross_attn.to_qkv"))
+    False
+    >>> bool(re.fullmatch(target_regex(["stage2"], ["mlp.mlp.0"]), "stage2.t_embedder.mlp.0"))
     False
     """
     s = "|".join(re.escape(x) for x in stages)
@@ -100,8 +117,8 @@ def resolve_targets(container: nn.ModuleDict, stages: Sequence[str], targets: Se
 
     Raises:
         ValueError: an unknown stage; targets that match no module (the message lists the
-            available Linear names per stage); or a target that is a non-plain Linear such as
-            TRELLIS's ``SparseLinear``.
+            available Linear names per stage); or a target that is an ``nn.Linear`` subclass with
+            its own forward other than TRELLIS's ``SparseLinear`` (which gets a sparse LoRA layer).
     """
     missing = [s for s in stages if s not in container]
     if missing:
@@ -115,15 +132,14 @@ def resolve_targets(container: nn.ModuleDict, stages: Sequence[str], targets: Se
             f"Available nn.Linear names — {avail}"
         )
     modules = dict(container.named_modules())
-    bad = [n for n in matched if not _is_plain_linear(modules[n])]
+    bad = [n for n in matched if not _is_lora_linear(modules[n])]
     if bad:
         kinds = sorted({type(modules[n]).__name__ for n in bad})
         raise ValueError(
-            f"lora.target_modules match layers peft LoRA cannot wrap ({', '.join(kinds)}; e.g. {bad[0]}). "
-            "TRELLIS's SparseLinear takes a SparseTensor: target the attention linears "
-            "(to_qkv, to_q, to_kv, to_out) only"
+            f"lora.target_modules match layers LoRA cannot wrap ({', '.join(kinds)}; e.g. {bad[0]}): "
+            "only nn.Linear and TRELLIS's SparseLinear are supported"
         )
-    unmatched = [t for t in targets if not any(n.rsplit(".", 1)[-1] == t for n in matched)]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in matched)]
     if unmatched:
         logger.info("lora.target_modules %s match nothing in stages %s (others do)", unmatched, list(stages))
     return matched
@@ -133,14 +149,17 @@ def make_lora_config(settings: Any, container: nn.ModuleDict):
     """peft ``LoraConfig`` from :class:`~debias3d.finetune.config.LoraSettings` (targets checked)."""
     from peft import LoraConfig
 
+    from .sparse_lora import register_sparse_lora
+
     resolve_targets(container, settings.stages, settings.target_modules)
-    return LoraConfig(
+    config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         init_lora_weights=settings.init_lora_weights if settings.init_lora_weights == "gaussian" else True,
         target_modules=target_regex(settings.stages, settings.target_modules),
     )
+    return register_sparse_lora(config, container)
 
 
 def add_lora(generator: Any, settings: Any):
@@ -207,11 +226,15 @@ def apply_adapter(generator: Any, adapter_dir: str | os.PathLike, merge: bool = 
         the same ``generator`` (its flow modules now carry the adapter), with
         ``metadata["adapter"] = str(adapter_dir)``.
     """
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel
+
+    from .sparse_lora import register_sparse_lora
 
     d = _check_adapter_dir(adapter_dir)
     container = flow_container(generator)
-    peft_model = PeftModel.from_pretrained(container, str(d), is_trainable=False)
+    # the SparseLinear → SparseLoraLinear mapping is not in adapter_config.json: register it again
+    config = register_sparse_lora(LoraConfig.from_pretrained(str(d)), container)
+    peft_model = PeftModel.from_pretrained(container, str(d), is_trainable=False, config=config)
     if merge:
         peft_model.merge_and_unload()
     peft_model.eval()
@@ -225,9 +248,11 @@ def apply_adapter(generator: Any, adapter_dir: str | os.PathLike, merge: bool = 
 def merge_adapter(generator: Any, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Merge an adapter into ``generator`` and write the merged weights as safetensors.
 
-    Mini TRELLIS writes ``config.json`` + ``model.safetensors`` (``from_pretrained``-loadable);
-    another generator writes ``<stage>.safetensors`` per flow model through its ``save_pretrained``
-    when it has one.
+    Each generator writes its own ``from_pretrained`` format through ``save_pretrained``: mini
+    TRELLIS ``config.json`` + ``model.safetensors``; TRELLIS a pipeline folder (``pipeline.json`` +
+    ``ckpts/<name>.json`` / ``<name>.safetensors`` per flow model) that
+    ``TrellisTextTo3DPipeline.from_pretrained`` loads. A generator without ``save_pretrained``
+    gets ``<stage>.safetensors`` per flow model.
     """
     from safetensors.torch import save_file
 
@@ -254,12 +279,6 @@ def load_generator(name: str, path: str | None = None, device: str = "cpu") -> A
     cls = find("generator", name)
     if not hasattr(cls, "from_pretrained"):
         raise TypeError(f"generator backend {name!r} has no from_pretrained")
-    if name == "trellis":
-        # TrellisGenerator takes its device through TrellisConfig (it moves the pipeline to CUDA).
-        from debias3d.models.trellis import TrellisConfig
-
-        tcfg = TrellisConfig(device="cuda" if str(device).startswith("cuda") else str(device))
-        return cls.from_pretrained(path, config=tcfg)
     return (
         cls.from_pretrained(path, device=device) if path is not None else cls.from_pretrained(device=device)
     )

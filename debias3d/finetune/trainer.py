@@ -6,6 +6,8 @@ Recipe, step by step (as in the diffusers script):
 1. ``Accelerator(gradient_accumulation_steps, mixed_precision, project_config)``; ``set_seed``.
 2. Freeze the base, add the peft adapter (:func:`~debias3d.finetune.lora.add_lora`), keep the
    trainable (LoRA) params in fp32; on CUDA the frozen base runs in the mixed-precision dtype.
+   Half-precision blocks (TRELLIS's ``use_fp16``) get a loss scale or run in bf16, and DeepSpeed
+   runs under autocast (:mod:`~debias3d.finetune.precision`).
 3. AdamW over the trainable params, ``get_scheduler`` with warm-up (steps × num_processes, because
    a prepared scheduler steps once per process), ``accelerator.prepare``.
 4. Save / load hooks (``register_save_state_pre_hook``) so ``save_state`` writes the adapter only
@@ -101,11 +103,19 @@ class FlowMatchingObjective(nn.Module):
         weights: stage → loss weight (stages with weight 0 are not run).
     """
 
-    def __init__(self, model: nn.Module, stage_loss: Any, weights: dict[str, float]):
+    def __init__(
+        self,
+        model: nn.Module,
+        stage_loss: Any,
+        weights: dict[str, float],
+        autocast_dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         self.model = model
         self._stage_loss = stage_loss
         self.weights = {s: w for s, w in weights.items() if w > 0}
+        #: set under DeepSpeed bf16 / fp16, which casts the model but applies no autocast (precision.py)
+        self.autocast_dtype = autocast_dtype
 
     @property
     def flows(self) -> nn.ModuleDict:
@@ -117,7 +127,8 @@ class FlowMatchingObjective(nn.Module):
         g = torch.Generator().manual_seed(int(seed))
         device = next(self.model.parameters()).device
         rows = rows.detach().cpu().long()
-        out = {s: self._stage_loss(s, self.flows[s], rows, g, device) for s in self.weights}
+        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out = {s: self._stage_loss(s, self.flows[s], rows, g, device).float() for s in self.weights}
         out["loss"] = sum(self.weights[s] * out[s] for s in self.weights)
         return out
 
@@ -291,9 +302,18 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
         for p in model.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(weight_dtype)
+    from .precision import autocast_dtype, grad_scaler_for, keep_norms_fp32, set_half_dtype
+
+    if accelerator.mixed_precision == "bf16":
+        set_half_dtype(flows, torch.bfloat16)  # fp16 torso (TRELLIS use_fp16) → bf16: no loss scale needed
     weights = {s: tc.stage_weights.get(s, 1.0) for s in cfg.lora.stages}
-    objective = FlowMatchingObjective(model, stage_loss, weights)
+    objective_autocast = autocast_dtype(accelerator)
+    objective = FlowMatchingObjective(model, stage_loss, weights, objective_autocast)
     objective.to(accelerator.device)
+    # fp16 blocks without a loss scale: accelerate uses this scaler in backward and optimizer.step
+    own_scaler = grad_scaler_for(accelerator, objective)
+    if own_scaler is not None:
+        accelerator.scaler = own_scaler
     params = [p for p in objective.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
     n_total = sum(p.numel() for p in objective.parameters())
@@ -355,6 +375,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
     objective, optimizer, loader, lr_scheduler = accelerator.prepare(
         objective, optimizer, loader, lr_scheduler
     )
+    if objective_autocast is not None or weight_dtype != torch.float32:
+        keep_norms_fp32(objective)  # after DeepSpeed's cast of the whole module (precision.py)
 
     updates_per_epoch = math.ceil(len(loader) / tc.gradient_accumulation_steps)
     num_epochs = math.ceil(tc.max_train_steps / updates_per_epoch)
@@ -432,6 +454,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
                     acc_loss[k] += v / tc.gradient_accumulation_steps
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tc.max_grad_norm > 0:
+                    if own_scaler is not None:  # accelerate unscales only its own fp16 scaler
+                        own_scaler.unscale_(optimizer.optimizer)
                     accelerator.clip_grad_norm_(params, tc.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
@@ -447,6 +471,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
             if main and (global_step % tc.logging_steps == 0 or global_step == tc.max_train_steps):
                 row = {"step": global_step, "epoch": epoch, "lr": lr_scheduler.get_last_lr()[0]}
                 row.update({k if k == "loss" else f"loss_{k}": v for k, v in acc_loss.items()})
+                if accelerator.scaler is not None:
+                    row["loss_scale"] = float(accelerator.scaler.get_scale())
                 row["elapsed_s"] = round(time.time() - t0, 3)
                 _log_row(log_path, row)
             acc_loss = dict.fromkeys(acc_loss, 0.0)
@@ -491,6 +517,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
                     "total_params": n_total,
                     "num_processes": accelerator.num_processes,
                     "mixed_precision": accelerator.mixed_precision,
+                    "grad_scaler": accelerator.scaler is not None,
                     "data": train_set.stats,
                     "seconds": round(time.time() - t0, 2),
                 },

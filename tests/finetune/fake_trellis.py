@@ -3,18 +3,21 @@
 Unlike the generator-issue fake (tests/models/test_trellis_adapter.py, which wraps mini TRELLIS for
 ``pipeline.run``), this one mirrors what fine-tuning touches in microsoft/TRELLIS:
 
-* ``trellis.modules.sparse.SparseTensor(feats=, coords=)`` (coords ``(N, 4)`` = batch, x, y, z) and
-  ``SparseLinear`` (an ``nn.Linear`` subclass that takes a ``SparseTensor``);
-* ``pipeline.models["sparse_structure_flow_model"]``: ``forward(x (B, 8, R, R, R), t, cond)``;
-  ``pipeline.models["slat_flow_model"]``: ``forward(SparseTensor, t, cond) → SparseTensor``, with
-  ``SparseLinear`` input / output / MLP layers and plain ``nn.Linear`` attention
-  (``to_qkv``, ``to_q``, ``to_kv``, ``to_out``) applied to the features;
+* ``trellis.modules.sparse.SparseTensor(feats=, coords=)`` (coords ``(N, 4)`` int32 = batch, x, y,
+  z; ``dtype``, ``type``, ``replace``) and ``SparseLinear`` (an ``nn.Linear`` subclass that takes a
+  ``SparseTensor``);
+* the flow models with TRELLIS's module names and dtypes: ``blocks.N.self_attn.to_qkv``,
+  ``cross_attn.to_q`` / ``to_kv``, ``to_out``, ``mlp.mlp.0`` / ``mlp.mlp.2`` (``SparseLinear`` in
+  stage 2), ``adaLN_modulation``, ``t_embedder.mlp.0`` / ``.2``; ``use_fp16=True`` blocks in fp16
+  with activations cast by ``.type(self.dtype)``; stage 1 asserts its input shape
+  ``(B, in_channels, R, R, R)``; stage 2 takes and returns a ``SparseTensor``;
 * ``pipeline.encode_text(list[str]) → (B, 77, D)``, ``pipeline.text_cond_model["null_cond"]``,
   ``pipeline.slat_normalization``;
 * ``trellis.utils.postprocessing_utils`` (the adapter imports it).
 
-Weights are random from a seed stored in ``<dir>/pipeline.json``, so ``from_pretrained(dir)`` gives
-the same base every time.
+Weights are random from a seed stored in ``<dir>/pipeline.json`` (TRELLIS's ``{"name", "args"}``
+layout), so ``from_pretrained(dir)`` gives the same base every time. The real package is tested in
+``test_trellis_real.py``; this fake keeps the glue tested where ``../shared`` is absent.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch import nn
 class SparseTensor:
     def __init__(self, feats=None, coords=None, **kwargs):
         assert feats.shape[0] == coords.shape[0] and coords.shape[1] == 4
+        assert coords.dtype == torch.int32, "TRELLIS sparse coords are int32"
         self.feats, self.coords = feats, coords
 
     @property
@@ -44,13 +48,20 @@ class SparseTensor:
     def device(self):
         return self.feats.device
 
+    @property
+    def dtype(self):
+        return self.feats.dtype
+
+    def type(self, dtype):
+        return self.replace(self.feats.type(dtype))
+
     def replace(self, feats):
         return SparseTensor(feats=feats, coords=self.coords)
 
 
 class SparseLinear(nn.Linear):
-    def forward(self, x):
-        return x.replace(super().forward(x.feats))
+    def forward(self, input):
+        return input.replace(super().forward(input.feats))
 """
 
 MODELS = '''
@@ -61,11 +72,18 @@ from torch import nn
 from trellis.modules.sparse import SparseLinear
 
 
-def t_embed(t, dim):
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
-    a = t[:, None].float() * freqs[None]
-    return torch.cat([torch.cos(a), torch.sin(a)], -1)
+class TimestepEmbedder(nn.Module):
+    def __init__(self, hidden_size, frequency_embedding_size=32):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
+                                 nn.Linear(hidden_size, hidden_size))
+        self.frequency_embedding_size = frequency_embedding_size
+
+    def forward(self, t):
+        half = self.frequency_embedding_size // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
+        a = t[:, None].float() * freqs[None]
+        return self.mlp(torch.cat([torch.cos(a), torch.sin(a)], -1))
 
 
 class Attention(nn.Module):
@@ -93,65 +111,101 @@ class Attention(nn.Module):
         return self.to_out(o.transpose(1, 2).reshape(b, n, c))
 
 
+class FeedForwardNet(nn.Module):
+    """TRELLIS's (Sparse)FeedForwardNet: self.mlp = Sequential(Linear, GELU, Linear) → mlp.mlp.0 / .2."""
+
+    def __init__(self, dim, sparse=False):
+        super().__init__()
+        lin = SparseLinear if sparse else nn.Linear
+        self.sparse = sparse
+        self.mlp = nn.Sequential(lin(dim, 2 * dim), nn.Identity(), lin(2 * dim, dim))
+
+    def forward(self, x):
+        h = self.mlp[0](x)
+        h = h.replace(F.gelu(h.feats)) if self.sparse else F.gelu(h)
+        return self.mlp[2](h)
+
+
 class Block(nn.Module):
-    def __init__(self, dim, ctx_dim, sparse_mlp=False):
+    def __init__(self, dim, ctx_dim, sparse=False):
         super().__init__()
         self.self_attn = Attention(dim)
         self.cross_attn = Attention(dim, ctx_dim)
-        lin = SparseLinear if sparse_mlp else nn.Linear
-        self.mlp = nn.ModuleList([lin(dim, 2 * dim), lin(2 * dim, dim)])
+        self.mlp = FeedForwardNet(dim, sparse)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
 
-class SparseStructureFlowModel(nn.Module):
-    def __init__(self, resolution=16, in_channels=8, model_channels=32, cond_channels=16, patch_size=4):
+class _Flow(nn.Module):
+    def convert_to_fp16(self):
+        self.blocks.half()
+
+    def convert_to_fp32(self):
+        self.blocks.float()
+
+
+class SparseStructureFlowModel(_Flow):
+    def __init__(self, resolution=16, in_channels=8, model_channels=32, cond_channels=16, out_channels=8,
+                 num_blocks=1, num_heads=2, patch_size=4, use_fp16=True):
         super().__init__()
         self.resolution, self.in_channels, self.patch_size = resolution, in_channels, patch_size
-        self.model_channels = model_channels
+        self.model_channels, self.out_channels, self.num_blocks = model_channels, out_channels, num_blocks
+        self.num_heads, self.cond_channels, self.use_fp16 = num_heads, cond_channels, use_fp16
+        self.dtype = torch.float16 if use_fp16 else torch.float32
+        self.t_embedder = TimestepEmbedder(model_channels)
         self.input_layer = nn.Linear(in_channels * patch_size**3, model_channels)
-        self.t_embedder = nn.Linear(model_channels, model_channels)
-        self.blocks = nn.ModuleList([Block(model_channels, cond_channels)])
-        self.out_layer = nn.Linear(model_channels, in_channels * patch_size**3)
+        self.blocks = nn.ModuleList([Block(model_channels, cond_channels) for _ in range(num_blocks)])
+        self.out_layer = nn.Linear(model_channels, out_channels * patch_size**3)
+        if use_fp16:
+            self.convert_to_fp16()
 
     def forward(self, x, t, cond):
+        assert [*x.shape] == [x.shape[0], self.in_channels, *[self.resolution] * 3], f"Input shape mismatch, got {x.shape}"
         b, c, r, p = x.shape[0], self.in_channels, self.resolution, self.patch_size
         n = r // p
         h = x.reshape(b, c, n, p, n, p, n, p).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, n**3, -1)
         h = self.input_layer(h)
-        te = self.t_embedder(t_embed(t, self.model_channels))
+        te = self.t_embedder(t).type(self.dtype)
+        h, cond = h.type(self.dtype), cond.type(self.dtype)
         for blk in self.blocks:
             scale, shift = blk.adaLN_modulation(te)[:, None].chunk(2, -1)
             h = h + blk.self_attn(h * (1 + scale) + shift)
             h = h + blk.cross_attn(h, cond)
-            h = h + blk.mlp[1](F.gelu(blk.mlp[0](h)))
-        h = self.out_layer(h)
+            h = h + blk.mlp(h)
+        h = self.out_layer(F.layer_norm(h.type(x.dtype), h.shape[-1:]))
         return h.reshape(b, n, n, n, c, p, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(x.shape)
 
 
-class SLatFlowModel(nn.Module):
-    def __init__(self, resolution=64, in_channels=8, model_channels=32, cond_channels=16):
+class SLatFlowModel(_Flow):
+    def __init__(self, resolution=64, in_channels=8, model_channels=32, cond_channels=16, out_channels=8,
+                 num_blocks=1, num_heads=2, use_fp16=True):
         super().__init__()
         self.resolution, self.in_channels, self.model_channels = resolution, in_channels, model_channels
+        self.out_channels, self.num_blocks, self.num_heads = out_channels, num_blocks, num_heads
+        self.cond_channels, self.use_fp16 = cond_channels, use_fp16
+        self.dtype = torch.float16 if use_fp16 else torch.float32
+        self.t_embedder = TimestepEmbedder(model_channels)
         self.input_layer = SparseLinear(in_channels, model_channels)
         self.pos = nn.Linear(3, model_channels)
-        self.t_embedder = nn.Linear(model_channels, model_channels)
-        self.blocks = nn.ModuleList([Block(model_channels, cond_channels, sparse_mlp=True)])
-        self.out_layer = SparseLinear(model_channels, in_channels)
+        self.blocks = nn.ModuleList([Block(model_channels, cond_channels, sparse=True) for _ in range(num_blocks)])
+        self.out_layer = SparseLinear(model_channels, out_channels)
+        if use_fp16:
+            self.convert_to_fp16()
 
     def forward(self, x, t, cond):
         bidx = x.coords[:, 0].long()
-        h = self.input_layer(x)
-        feats = h.feats + self.pos(x.coords[:, 1:].float() / self.resolution)
-        te = self.t_embedder(t_embed(t, self.model_channels))[bidx]
+        h = self.input_layer(x).type(self.dtype)
+        feats = h.feats + self.pos(x.coords[:, 1:].float() / self.resolution).type(self.dtype)
+        te = self.t_embedder(t).type(self.dtype)[bidx]
+        cond = cond.type(self.dtype)
         same = (bidx[:, None] == bidx[None, :])[None, None]  # attention within an instance
         for blk in self.blocks:
             scale, shift = blk.adaLN_modulation(te).chunk(2, -1)
             feats = feats + blk.self_attn((feats * (1 + scale) + shift)[None], mask=same)[0]
             ctx = cond[bidx]  # (N, L, D): each voxel attends to its own prompt
             feats = feats + blk.cross_attn(feats[:, None], ctx)[:, 0]
-            y = blk.mlp[0](h.replace(feats))
-            feats = feats + blk.mlp[1](y.replace(F.gelu(y.feats))).feats
-        return self.out_layer(h.replace(feats))
+            feats = feats + blk.mlp(h.replace(feats)).feats
+        feats = F.layer_norm(feats, feats.shape[-1:])
+        return self.out_layer(h.replace(feats).type(x.dtype))
 '''
 
 PIPELINES = """
@@ -165,7 +219,7 @@ from trellis.models import SLatFlowModel, SparseStructureFlowModel
 
 
 class TrellisTextTo3DPipeline:
-    def __init__(self, seed=0, cond_channels=16, slat_normalization=None):
+    def __init__(self, seed=0, cond_channels=16, slat_normalization=None, **kwargs):
         torch.manual_seed(seed)
         self.models = {
             "sparse_structure_flow_model": SparseStructureFlowModel(cond_channels=cond_channels),
@@ -174,17 +228,24 @@ class TrellisTextTo3DPipeline:
         with torch.no_grad():  # a live network: TRELLIS zero-inits out layers, LoRA needs gradients
             for m in self.models.values():
                 for p in m.parameters():
-                    p.normal_(0.0, 0.05)
+                    p.copy_(torch.randn(p.shape) * 0.05)
         self.text_model = nn.Embedding(256, cond_channels).requires_grad_(False)
         self.slat_normalization = slat_normalization
         self.text_cond_model = {"null_cond": self.encode_text([""])}
 
     @staticmethod
     def from_pretrained(path):
-        return TrellisTextTo3DPipeline(**json.loads((Path(path) / "pipeline.json").read_text()))
+        args = json.loads((Path(path) / "pipeline.json").read_text())["args"]
+        pipe = TrellisTextTo3DPipeline(**args)
+        pipe._pretrained_args = args
+        return pipe
+
+    def to(self, device):
+        for m in self.models.values():
+            m.to(device)
 
     def cuda(self):
-        return self
+        self.to(torch.device("cuda"))
 
     @torch.no_grad()
     def encode_text(self, text):
@@ -231,9 +292,13 @@ def write_weights(path: Path, seed: int = 0, normalization: bool = True) -> Path
         if normalization
         else None
     )
-    (path / "pipeline.json").write_text(
-        json.dumps({"seed": seed, "cond_channels": 16, "slat_normalization": norm})
-    )
+    args = {
+        "seed": seed,
+        "cond_channels": 16,
+        "slat_normalization": norm,
+        "models": {"sparse_structure_flow_model": "ckpts/ss_flow", "slat_flow_model": "ckpts/slat_flow"},
+    }
+    (path / "pipeline.json").write_text(json.dumps({"name": "TrellisTextTo3DPipeline", "args": args}))
     return path
 
 

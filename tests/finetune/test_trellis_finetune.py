@@ -15,6 +15,9 @@ from debias3d.finetune.data import DataError
 @pytest.fixture()
 def fake_trellis(tmp_path, monkeypatch):
     ft.drop_trellis_modules()
+    # the fake has no flash-attn / xformers dependency; an explicit backend skips the adapter's check
+    monkeypatch.setenv("ATTN_BACKEND", "sdpa")
+    monkeypatch.setenv("SPARSE_ATTN_BACKEND", "flash_attn")
     monkeypatch.syspath_prepend(str(ft.build_fake_trellis(tmp_path / "fake_src")))
     yield ft.write_weights(tmp_path / "weights")
     ft.drop_trellis_modules()
@@ -70,7 +73,7 @@ def test_latent_set_skips_and_counts(fake_trellis, tmp_path):
         build_trellis_latent_set(DataSettings(latents=str(tmp_path / "nope")), ("stage1",), flows)
 
 
-def test_targets_attention_only_and_sparse_linear_refused(fake_trellis):
+def test_targets_attention_and_sparse_mlps(fake_trellis):
     from debias3d.finetune.lora import flow_container, load_generator, resolve_targets
 
     box = flow_container(load_generator("trellis", str(fake_trellis)))
@@ -78,8 +81,9 @@ def test_targets_attention_only_and_sparse_linear_refused(fake_trellis):
     assert len(names) == 10 and all(
         n.rsplit(".", 1)[-1] in {"to_qkv", "to_q", "to_kv", "to_out"} for n in names
     )
-    with pytest.raises(ValueError, match="SparseLinear"):
-        resolve_targets(box, ("stage2",), ("input_layer",))
+    mlps = resolve_targets(box, ("stage1", "stage2"), ("mlp.mlp.0", "mlp.mlp.2"))
+    assert sorted(mlps) == [f"{s}.blocks.0.mlp.mlp.{i}" for s in ("stage1", "stage2") for i in (0, 2)]
+    assert type(dict(box.named_modules())["stage2.blocks.0.mlp.mlp.0"]).__name__ == "SparseLinear"
 
 
 def _inputs():
