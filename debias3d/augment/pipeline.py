@@ -868,6 +868,7 @@ def _run_augment(
     from debias3d.config import dump_config, to_dict
 
     comps = components or Components(cfg)
+    comps.judge  # noqa: B018 - the ranker loads (or fails in one line) before any LLM call
     show = cfg.progress and state.is_main_process
     store = JobStore(out / "job", shard=state.process_index, retry_failed=retry_failed)
 

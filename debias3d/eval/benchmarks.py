@@ -163,12 +163,18 @@ def mate3d_table(
 
 
 def t3bench_table(
-    frames: Mapping[str, pd.DataFrame], n_boot: int = 1000, ci: float = 0.95, seed: int = 0
+    frames: Mapping[str, pd.DataFrame],
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    ranker: str | None = None,
 ) -> pd.DataFrame:
     """T3Bench-style table: group (single / surroundings / multi) × {quality, alignment}, per model.
 
     ``quality`` is the ``t3_quality`` column (NaN for samples not rendered on the icosphere),
-    ``alignment`` the evaluator's ``score_alignment``.
+    ``alignment`` the evaluator's ``score_alignment``. ``ranker``: which ranker and settings
+    produced ``quality`` (:func:`debias3d.models.ranker.t3bench.t3bench_label`), written in a
+    ``ranker`` column on the quality rows so the CSV carries it.
     """
     from debias3d.eval.config import T3BENCH_GROUPS
 
@@ -178,7 +184,10 @@ def t3bench_table(
     }
     present = set().union(*(set(f["t3_group"].dropna()) for f in renamed.values()))
     groups = [g for g in T3BENCH_GROUPS if g in present]
-    return paired_table(renamed, "t3_group", ["quality", "alignment"], groups, n_boot, ci, seed)
+    t = paired_table(renamed, "t3_group", ["quality", "alignment"], groups, n_boot, ci, seed)
+    if ranker is not None:
+        t["ranker"] = np.where(t["metric"] == "quality", ranker, "evaluator alignment dimension")
+    return t
 
 
 def categories_improved(

@@ -463,7 +463,10 @@ def summarize(runs: Sequence[ModelRun], cfg: EvalConfig) -> tuple[dict[str, Any]
     kw = {"n_boot": cfg.bootstrap, "ci": cfg.ci, "seed": 0}
     tables: dict[str, pd.DataFrame] = {}
     tables["mate3d"] = mate3d_table(frames, **kw)
-    tables["t3bench"] = t3bench_table(frames, **kw)
+    from debias3d.models.ranker.t3bench import t3bench_label
+
+    t3_label = t3bench_label(cfg.ranker, cfg.ranking)
+    tables["t3bench"] = t3bench_table(frames, ranker=t3_label, **kw)
     cats = [c for c in tables["mate3d"]["category"].unique() if c != "all"]
     tables["fidelity_categories"] = paired_table(frames, "category", ["fidelity"], cats, **kw).drop(
         columns="metric"
@@ -522,6 +525,7 @@ def summarize(runs: Sequence[ModelRun], cfg: EvalConfig) -> tuple[dict[str, Any]
         "neglected_rule": f"bottom {cfg.neglected_quantile:.0%} of base word fidelity (words with >= {cfg.min_word_uses} uses)",
         "fidelity": fidelity,
         "evaluator": evaluator_means,
+        "t3bench_ranker": t3_label,
         "t3bench": {
             r.name: {
                 g: {"quality": float(s["t3_quality"].mean()), "alignment": float(s["score_alignment"].mean())}

@@ -187,7 +187,7 @@ _EVAL_TEMPLATE = (
 <h2>MATE-3D-style table (evaluator, mean [95% CI])</h2>
 {{ table(mate3d) }}
 <h2>T3Bench-style table</h2>
-<p class="muted">quality = ranker, icosphere aggregation (best smoothed vertex × 20 + 50); alignment = evaluator alignment dimension.</p>
+<p class="muted">quality = ranker, icosphere aggregation (best smoothed vertex × 20 + 50){% if t3bench_ranker %}, from {{ t3bench_ranker }}{% endif %}; alignment = evaluator alignment dimension.</p>
 {{ table(t3bench) }}
 <h2>Diversity (mean pairwise Chamfer between a prompt's samples)</h2>
 {{ table(diversity) }}
@@ -303,6 +303,7 @@ def write_eval_report(
         fidelity_categories=_ci_table(fc, "category", models),
         mate3d=_ci_table(tables["mate3d"], "category", models, extra=("dimension",)),
         t3bench=_ci_table(tables["t3bench"], "t3_group", models, extra=("metric",)),
+        t3bench_ranker=summary.get("t3bench_ranker"),
         diversity=_ci_table(tables["diversity"], "category", models),
     )
     path = Path(out_dir) / "report.html"

@@ -33,9 +33,12 @@ __all__ = [
     "T3BENCH_FOVS",
     "mate3d_rig",
     "orbit_rig",
+    "RIG_PRESETS",
     "resolve_up",
+    "rig_preset",
     "smooth_vertex_scores",
     "t3bench_rig",
+    "t3bench_up",
 ]
 
 #: How a renderer rescales a mesh before rendering a rig.
@@ -179,6 +182,9 @@ class CameraRig:
         adjacency: for icosphere rigs, ``adjacency[p]`` holds the neighbouring position indices
             (symmetric); used to smooth per-position scores (:func:`smooth_vertex_scores`).
         background: background colour the benchmark renders on.
+        lighting: the renderer lighting the benchmark uses (``"soft"`` or ``"flat"``, see
+            :mod:`debias3d.render.renderer`).
+        image_size: render size in pixels the benchmark uses (None: the caller's choice).
         view_position: for each view, the index of its camera centre in ``positions``; defaults to
             ``0..V-1`` (one view per position).
     """
@@ -191,6 +197,8 @@ class CameraRig:
     adjacency: tuple[tuple[int, ...], ...] | None = None
     background: str = "white"
     view_position: tuple[int, ...] = field(default=(), repr=False)
+    lighting: str = "soft"
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZE_MODES:
@@ -200,6 +208,8 @@ class CameraRig:
         object.__setattr__(self, "cameras", tuple(self.cameras))
         if self.positions is None:
             object.__setattr__(self, "positions", np.array([c.position for c in self.cameras]))
+        if self.image_size is not None and int(self.image_size) < 8:
+            raise ValueError(f"CameraRig.image_size must be >= 8 pixels, got {self.image_size}")
         if not self.view_position:
             object.__setattr__(self, "view_position", tuple(range(len(self.cameras))))
         if len(self.view_position) != len(self.cameras):
@@ -276,10 +286,28 @@ def _icosphere_adjacency(faces: np.ndarray, n_vertices: int) -> tuple[tuple[int,
     return tuple(tuple(sorted(n)) for n in neighbours)
 
 
+def t3bench_up(position: Sequence[float]) -> np.ndarray:
+    """T3Bench's camera up vector (``render/meshrender.py``): world ``+z`` made orthogonal to the
+    view, or ``+y`` when the camera is within ``acos(0.99)`` of a pole.
+
+    >>> (t3bench_up((0.0, 0.0, 2.2)).round(6) + 0.0).tolist()  # top view: +y up (resolve_up: -x)
+    [0.0, 1.0, 0.0]
+    """
+    v = np.asarray(position, dtype=float)
+    f = _unit(v)
+    u = np.array([0.0, 0.0, 1.0]) if abs(float(f @ _WORLD_UP)) < 0.99 else np.array([0.0, 1.0, 0.0])
+    r = _unit(np.cross(u, -v))
+    return _unit(np.cross(-v, r))
+
+
 def t3bench_rig(
     level: int = 2,
     radius: float = 2.2,
     fovs: Sequence[float] = T3BENCH_FOVS,
+    background: str = "white",
+    lighting: str = "soft",
+    image_size: int | None = None,
+    up_rule: str = "resolve",
 ) -> CameraRig:
     """T3Bench's icosphere rig: every vertex of ``icosphere(subdivisions=level)`` at ``radius``.
 
@@ -295,6 +323,10 @@ def t3bench_rig(
         level: icosphere subdivisions (0 → 12 positions, 1 → 42, 2 → 162).
         radius: camera distance from the origin.
         fovs: vertical fields of view in radians.
+        background / lighting / image_size: render settings carried by the rig (T3Bench: black,
+            flat, 512; see :func:`rig_preset`).
+        up_rule: ``"resolve"`` (:func:`resolve_up`) or ``"t3bench"`` (:func:`t3bench_up`, which
+            rolls the two pole views differently).
 
     Returns:
         A rig with ``P = 10 * 4**level + 2`` positions, ``V = P * len(fovs)`` cameras and
@@ -306,12 +338,17 @@ def t3bench_rig(
         raise ValueError(f"level must be >= 0, got {level}")
     if not fovs:
         raise ValueError("fovs must not be empty")
+    if up_rule not in ("resolve", "t3bench"):
+        raise ValueError(f"up_rule must be 'resolve' or 't3bench', got {up_rule!r}")
     ico = trimesh.creation.icosphere(subdivisions=level, radius=radius)
     verts = np.asarray(ico.vertices, dtype=float)
     cams: list[Camera] = []
     index: list[int] = []
     for p, v in enumerate(verts):
-        base = Camera.look_at(v, name=f"ico{p:03d}")
+        if up_rule == "t3bench":
+            base = Camera(tuple(v), up=tuple(t3bench_up(v)), name=f"ico{p:03d}")  # type: ignore[arg-type]
+        else:
+            base = Camera.look_at(v, name=f"ico{p:03d}")
         for f, fov in enumerate(fovs):
             cams.append(replace(base, fov=float(fov), name=f"ico{p:03d}_fov{f}"))
             index.append(p)
@@ -322,9 +359,49 @@ def t3bench_rig(
         positions=verts,
         fovs=tuple(float(f) for f in fovs),
         adjacency=_icosphere_adjacency(ico.faces, len(verts)),
-        background="white",
+        background=background,
         view_position=tuple(index),
+        lighting=lighting,
+        image_size=image_size,
     )
+
+
+#: Rig presets by name (:func:`rig_preset`).
+RIG_PRESETS: tuple[str, ...] = ("mate3d", "t3bench", "t3bench-caption")
+
+#: T3Bench's render settings (``render/meshrender.py``): 512 px, black background, ambient-only
+#: ``RenderFlags.FLAT`` lighting, mesh centred on its vertex mean and scaled to max |coordinate| 1.
+T3BENCH_IMAGE_SIZE = 512
+T3BENCH_RADIUS = 2.2
+
+
+def rig_preset(name: str) -> CameraRig:
+    """A named rig with the benchmark's own render settings.
+
+    * ``mate3d``: :func:`mate3d_rig` (6 views, white).
+    * ``t3bench``: T3Bench's quality views: every vertex of a level-2 icosphere of radius 2.2
+      (162 positions) with the 5 FoVs π/3, π/4, π/5, π/6, π/7.5 (810 views), T3Bench's up vectors,
+      512 px, black background, flat lighting.
+    * ``t3bench-caption``: T3Bench's alignment (captioning) views, ``render/meshrender_cap.py``:
+      the 12 icosahedron vertices, FoV π/3, at radius 2.2 × 2.2 = 4.84 (upstream scales the
+      icosphere by the radius twice), 512 px, black, flat.
+
+    >>> r = rig_preset("t3bench")
+    >>> len(r), r.image_size, r.background, r.lighting
+    (810, 512, 'black', 'flat')
+    """
+    if name == "mate3d":
+        return mate3d_rig()
+    if name == "t3bench":
+        return t3bench_rig(
+            2, T3BENCH_RADIUS, T3BENCH_FOVS, "black", "flat", T3BENCH_IMAGE_SIZE, up_rule="t3bench"
+        )
+    if name == "t3bench-caption":
+        rig = t3bench_rig(
+            0, T3BENCH_RADIUS * T3BENCH_RADIUS, (math.pi / 3,), "black", "flat", T3BENCH_IMAGE_SIZE, "t3bench"
+        )
+        return replace(rig, name="t3bench-caption")
+    raise ValueError(f"unknown rig preset {name!r}; choose one of {', '.join(RIG_PRESETS)}")
 
 
 def smooth_vertex_scores(
