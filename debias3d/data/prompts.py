@@ -53,10 +53,12 @@ __all__ = [
     "CATEGORY_KEYS",
     "T3BENCH_FILES",
     "MATE3D_FILE",
+    "MATE3D_CATEGORY_FILE",
     "Prompt",
     "PromptIssue",
     "PromptSet",
     "PromptFileError",
+    "load_categories",
     "load_prompts",
     "save_prompts",
     "hf_token_counter",
@@ -86,13 +88,24 @@ T3BENCH_FILES: dict[str, str] = {
 }
 #: The MATE-3D prompt file (HF ``ccccby/MATE-3D``): a JSON list of 160 prompt strings.
 MATE3D_FILE = "prompt_MATE_3D.json"
+#: The MATE-3D release's spreadsheet beside :data:`MATE3D_FILE`; the JSON has no categories, so
+#: pass this file (or any category file) as ``load_prompts(..., categories=...)``.
+MATE3D_CATEGORY_FILE = "prompt_MATE_3D.xlsx"
 
 _EXTENSIONS = (".txt", ".csv", ".tsv", ".json", ".jsonl")
 _ID_LEN = 12
 _REPLACEMENT = "\ufffd"
 
 IssueKind = Literal[
-    "blank", "duplicate", "encoding", "too_long", "bad_json", "bad_row", "bad_item", "unusable"
+    "blank",
+    "duplicate",
+    "encoding",
+    "too_long",
+    "bad_json",
+    "bad_row",
+    "bad_item",
+    "unusable",
+    "uncategorised",
 ]
 
 
@@ -569,6 +582,7 @@ def load_prompts(
     max_tokens: int | None = None,
     token_counter: Callable[[str], int] | None = None,
     default_category: str | None = None,
+    categories: str | os.PathLike[str] | None = None,
 ) -> PromptSet:
     """Load a prompt set from a file or a benchmark directory.
 
@@ -597,6 +611,9 @@ def load_prompts(
             given, every prompt's ``n_tokens`` is filled. Default ``None``.
         default_category: category for prompts that have none (a ``.txt`` line, an empty CSV
             cell, a JSON string). T3Bench file categories take precedence. Default ``None``.
+        categories: a category file (:func:`load_categories`), e.g. the MATE-3D release's
+            ``prompt_MATE_3D.xlsx``; its category replaces the prompt file's, and each prompt it
+            does not list is reported as ``uncategorised`` (and keeps its own category, if any).
 
     Returns:
         The prompts, in file order, with the issues met (see the module docstring).
@@ -650,6 +667,8 @@ def load_prompts(
             )
         prompts.append(Prompt(text, raw.category, where, truncated, n_tokens))
 
+    if categories is not None:
+        prompts = _apply_categories(prompts, Path(categories), issues)
     if not prompts:
         counts: dict[str, int] = {}
         for issue in issues.issues:
@@ -657,6 +676,151 @@ def load_prompts(
         detail = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no entries"
         raise PromptFileError(f"{path}: no usable prompt ({detail})")
     return PromptSet(prompts, issues.issues)
+
+
+# --------------------------------------------------------------------------------------------
+# Category files
+# --------------------------------------------------------------------------------------------
+
+
+def _xlsx_rows(path: Path) -> list[list[str]]:
+    """Cell text of the first worksheet of an ``.xlsx`` file (read with the standard library)."""
+    import re
+    import zipfile
+    from xml.etree import ElementTree
+
+    ns = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            shared: list[str] = []
+            if "xl/sharedStrings.xml" in names:
+                root = ElementTree.fromstring(z.read("xl/sharedStrings.xml"))
+                shared = ["".join(t.text or "" for t in si.iter(f"{ns}t")) for si in root.iter(f"{ns}si")]
+            sheets = sorted(n for n in names if re.fullmatch(r"xl/worksheets/sheet\d+\.xml", n))
+            if not sheets:
+                raise PromptFileError(f"{path}: no worksheet in the .xlsx file")
+            sheet = min(sheets, key=lambda n: int(re.findall(r"\d+", n)[-1]))
+            root = ElementTree.fromstring(z.read(sheet))
+    except (zipfile.BadZipFile, ElementTree.ParseError, KeyError, OSError) as exc:
+        raise PromptFileError(f"{path}: not a readable .xlsx file ({exc})") from exc
+    rows: list[list[str]] = []
+    for row in root.iter(f"{ns}row"):
+        cells: dict[int, str] = {}
+        for c in row.iter(f"{ns}c"):
+            ref = re.match(r"[A-Z]+", c.get("r", ""))
+            col = 0
+            for ch in ref.group(0) if ref else "":
+                col = col * 26 + ord(ch) - 64
+            col = col - 1 if ref else len(cells)
+            kind = c.get("t")
+            if kind == "inlineStr":
+                text = "".join(t.text or "" for t in c.iter(f"{ns}t"))
+            else:
+                v = c.find(f"{ns}v")
+                text = v.text or "" if v is not None else ""
+                if kind == "s" and text.strip().isdigit() and int(text) < len(shared):
+                    text = shared[int(text)]
+            cells[col] = text
+        if cells:
+            rows.append([cells.get(i, "") for i in range(max(cells) + 1)])
+    return rows
+
+
+def _table_categories(path: Path, rows: list[list[str]]) -> dict[str, str]:
+    """Prompt → category from a table: a prompt column and a category column (long layout), or
+    one column per category with its prompts below the header (wide layout)."""
+    rows = [[str(c).strip() for c in r] for r in rows]
+    rows = [r for r in rows if any(r)]
+    if len(rows) < 2:
+        raise PromptFileError(f"{path}: category file has no rows under its header")
+    header = [c.lower() for c in rows[0]]
+    p_col = next((header.index(k) for k in PROMPT_KEYS if k in header), -1)
+    c_col = next((header.index(k) for k in CATEGORY_KEYS if k in header), -1)
+    out: dict[str, str] = {}
+    if p_col >= 0 and c_col >= 0:
+        for r in rows[1:]:
+            if p_col < len(r) and c_col < len(r) and r[p_col] and r[c_col]:
+                out[r[p_col]] = r[c_col]
+    elif p_col < 0 and c_col < 0:
+        for j, name in enumerate(rows[0]):
+            if name:
+                for r in rows[1:]:
+                    if j < len(r) and r[j]:
+                        out[r[j]] = name
+    else:
+        found = ", ".join(repr(c) for c in rows[0] if c)
+        raise PromptFileError(
+            f"{path}: category file needs a prompt and a category column, or one column per category "
+            f"(found columns: {found})"
+        )
+    return out
+
+
+def load_categories(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read a category file: prompt text → category.
+
+    Layouts: ``.xlsx`` (first worksheet, e.g. the MATE-3D release's ``prompt_MATE_3D.xlsx``),
+    ``.csv`` / ``.tsv`` (a header row), each either *long* — a prompt column (``prompt``, ``text``,
+    ``caption``, ``description``) and a category column (``category``, ``type``, ``prompt_type``,
+    ``class``, ``subset``) — or *wide* — one column per category, its prompts below the header;
+    ``.json`` / ``.jsonl`` in any layout :func:`load_prompts` reads with categories
+    (``{category: [prompts...]}``, objects with a prompt and a category key).
+
+    Returns:
+        Normalised prompt text (:func:`normalize_text`) → category.
+
+    Raises:
+        PromptFileError: missing or unreadable file, an unknown layout, or no category at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"{path}: category file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".xlsx":
+        table = _table_categories(path, _xlsx_rows(path))
+    elif suffix in (".csv", ".tsv"):
+        text = _decode(path, _Collector()).text
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ","))
+        table = _table_categories(path, rows)
+    elif suffix in (".json", ".jsonl"):
+        raws = _read_file(path, None, _Collector())
+        table = {r.text: r.category for r in raws if r.category}
+    else:
+        raise PromptFileError(
+            f"{path}: unknown category file type {suffix!r} (expected .xlsx, .csv, .tsv, .json)"
+        )
+    out = {normalize_text(k).casefold(): normalize_text(v) for k, v in table.items() if normalize_text(k)}
+    if not out:
+        raise PromptFileError(f"{path}: no prompt with a category in the category file")
+    return out
+
+
+def _apply_categories(prompts: list[Prompt], path: Path, issues: _Collector) -> list[Prompt]:
+    """Prompts with the category file's categories; those it does not list are reported."""
+    import dataclasses
+
+    table = load_categories(path)
+    out = []
+    used = set()
+    for p in prompts:
+        key = p.text.casefold()
+        cat = table.get(key)
+        if cat is None:
+            file, _, line = (p.source or "").rpartition(":")
+            issues.add(
+                file or str(path),
+                int(line) if line.isdigit() else 0,
+                "uncategorised",
+                f"{p.text!r} is not in the category file {path.name}",
+            )
+            out.append(p)
+        else:
+            used.add(key)
+            out.append(dataclasses.replace(p, category=cat))
+    if len(used) < len(table):
+        logger.info("%s: %d listed prompts are not in the prompt set", path, len(table) - len(used))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

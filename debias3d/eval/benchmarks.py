@@ -30,6 +30,9 @@ from debias3d.eval.stats import bootstrap_ci, bootstrap_diff_ci
 
 __all__ = [
     "DIMENSIONS",
+    "NO_CATEGORY",
+    "NO_CATEGORY_NOTE",
+    "has_categories",
     "t3bench_group",
     "mate3d_table",
     "t3bench_table",
@@ -38,6 +41,20 @@ __all__ = [
 ]
 
 DIMENSIONS: tuple[str, ...] = ("alignment", "geometry", "texture", "overall")
+#: Category label of prompts that have none (a flat prompt list such as ``prompt_MATE_3D.json``).
+NO_CATEGORY = "(no category)"
+#: What tables and reports say when no prompt has a category.
+NO_CATEGORY_NOTE = (
+    "no categories: the prompts carry none, so the category rows hold all prompts under "
+    f"{NO_CATEGORY!r}; give a category file (eval `categories`, e.g. MATE-3D's prompt_MATE_3D.xlsx)"
+)
+
+
+def has_categories(frames: Mapping[str, pd.DataFrame] | pd.DataFrame) -> bool:
+    """Whether any sample has a real category (not :data:`NO_CATEGORY` / missing)."""
+    fs = [frames] if isinstance(frames, pd.DataFrame) else list(frames.values())
+    present = set().union(*(set(f["category"].dropna()) for f in fs)) if fs else set()
+    return bool(present - {NO_CATEGORY})
 
 
 def t3bench_group(prompt: str, spec: Any = None) -> str:
@@ -145,20 +162,28 @@ def mate3d_table(
 
     Args:
         frames: model → per-sample table with ``category`` and ``score_<dim>`` columns.
-        categories: category order (default: ShapeWorld's 8 when they all appear, else sorted).
+        categories: category order (default: ShapeWorld's 8 when they all appear, else sorted;
+            :data:`NO_CATEGORY` last).
         dimensions: evaluator dimensions.
 
     Returns:
-        :func:`paired_table` with ``metric`` renamed ``dimension`` (``score_`` prefix removed).
+        :func:`paired_table` with ``metric`` renamed ``dimension`` (``score_`` prefix removed). When
+        no prompt has a category (:func:`has_categories`), ``t.attrs["note"]`` says so.
     """
+    frames = {k: f.assign(category=f["category"].fillna(NO_CATEGORY)) for k, f in frames.items()}
     if categories is None:
         from debias3d.data.shapeworld.vocab import CATEGORIES
 
-        present = set().union(*(set(f["category"].dropna()) for f in frames.values()))
-        categories = [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
+        present = set().union(*(set(f["category"]) for f in frames.values()))
+        rest = sorted(present - set(CATEGORIES) - {NO_CATEGORY})
+        categories = (
+            [c for c in CATEGORIES if c in present] + rest + ([NO_CATEGORY] if NO_CATEGORY in present else [])
+        )
     t = paired_table(frames, "category", [f"score_{d}" for d in dimensions], categories, n_boot, ci, seed)
     t = t.rename(columns={"metric": "dimension"})
     t["dimension"] = t["dimension"].str.removeprefix("score_")
+    if not has_categories(frames):
+        t.attrs["note"] = NO_CATEGORY_NOTE
     return t
 
 
@@ -193,10 +218,18 @@ def t3bench_table(
 def categories_improved(
     table: pd.DataFrame, dimension: str = "overall", total: str = "all"
 ) -> dict[str, Any]:
-    """How many categories' ``dimension`` rose after fine-tuning (``delta > 0``) in a MATE-3D table."""
+    """How many categories' ``dimension`` rose after fine-tuning (``delta > 0``) in a MATE-3D table.
+
+    Prompts without a category (:data:`NO_CATEGORY`) are not a category; with none left,
+    ``improved`` is None and ``note`` says why.
+    """
     if "delta" not in table:
         return {"improved": None, "of": None, "categories": {}}
-    t = table[(table["dimension"] == dimension) & (table["category"] != total)]
+    t = table[
+        (table["dimension"] == dimension) & (table["category"] != total) & (table["category"] != NO_CATEGORY)
+    ]
+    if t.empty:
+        return {"improved": None, "of": 0, "categories": {}, "note": NO_CATEGORY_NOTE}
     per = {str(c): float(d) for c, d in zip(t["category"], t["delta"], strict=True)}
     finite = {c: d for c, d in per.items() if not math.isnan(d)}
     return {

@@ -39,6 +39,13 @@ class EvalConfig:
         default=None,
         metadata={"help": "prompt file (txt/csv/json/jsonl); null = ShapeWorld's fixed evaluation set"},
     )
+    categories: str | None = field(
+        default=None,
+        metadata={
+            "help": "category file for `prompts` (e.g. MATE-3D's prompt_MATE_3D.xlsx; csv/json also read); "
+            "null = the prompt file's own categories, if any"
+        },
+    )
     per_category: int = field(
         default=8, metadata={"help": "ShapeWorld evaluation set: prompts per category (+ word top-ups)"}
     )

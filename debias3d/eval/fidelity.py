@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from debias3d.eval.benchmarks import NO_CATEGORY
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["FidelityResult", "run_fidelity", "corpus_word_counts", "main"]
@@ -173,14 +175,14 @@ def run_fidelity(
         summary["rare_threshold_freq"] = threshold
         summary["corpus_n_prompts"] = n_corpus
     categories = (
-        samples.assign(category=samples["category"].fillna("unknown"))
+        samples.assign(category=samples["category"].fillna(NO_CATEGORY))
         .groupby("category", as_index=False)
         .agg(
             n_prompts=("prompt_index", "nunique"), n_samples=("sample", "size"), fidelity=("fidelity", "mean")
         )
     )
     wcat = (
-        verdicts.assign(category=verdicts["category"].fillna("unknown"))
+        verdicts.assign(category=verdicts["category"].fillna(NO_CATEGORY))
         .groupby("category", as_index=False)
         .agg(word_fidelity=("shown", "mean"))
     )

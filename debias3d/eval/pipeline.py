@@ -113,13 +113,14 @@ def load_eval_prompts(cfg: EvalConfig) -> list[EvalPrompt]:
     out: list[EvalPrompt] = []
     if cfg.prompts:
         from debias3d.data.prompts import load_prompts
+        from debias3d.eval.benchmarks import NO_CATEGORY
 
-        for i, p in enumerate(load_prompts(cfg.prompts)):
+        for i, p in enumerate(load_prompts(cfg.prompts, categories=cfg.categories)):
             try:
                 spec = parse(p.text)
             except ValueError:
                 spec = None
-            out.append(EvalPrompt(i, p.text, p.category or "unknown", spec))
+            out.append(EvalPrompt(i, p.text, p.category or NO_CATEGORY, spec))
     else:
         from debias3d.data.shapeworld.grammar import evaluation_prompts
 
@@ -517,6 +518,7 @@ def summarize(runs: Sequence[ModelRun], cfg: EvalConfig) -> tuple[dict[str, Any]
     }
     summary: dict[str, Any] = {
         "models": names,
+        "categories_note": tables["mate3d"].attrs.get("note"),
         "n_prompts": int(base.samples["prompt_index"].nunique()),
         "samples_per_prompt": cfg.samples,
         "seed": cfg.seed,

@@ -173,7 +173,7 @@ _EVAL_TEMPLATE = (
 <p class="muted">{{ n_prompts }} prompts × D={{ D }} samples, same prompts and seeds for every model: {{ models|join(", ") }}.
 {% if adapter %}Adapter: <code>{{ adapter }}</code>.{% endif %}</p>
 <div class="lead">{{ lead }}</div>
-{% if targets %}<h2>Targets (issue 8)</h2>
+{% if targets %}<h2>Targets</h2>
 <table><tr><th>target</th><th>required</th><th>measured</th><th>met</th></tr>
 {% for t in targets %}<tr><td>{{ t.name }}</td><td>{{ t.target }}</td><td>{{ t.value }}</td>
 <td class="{{ 'ok' if t.met else 'bad' }}">{{ 'yes' if t.met else 'no' }}</td></tr>{% endfor %}</table>{% endif %}
@@ -182,9 +182,11 @@ _EVAL_TEMPLATE = (
 {% if word_plot %}<img alt="per-word fidelity" src="data:image/png;base64,{{ word_plot }}">{% endif %}
 {{ table(fidelity_groups) }}
 <h2>Ground truth: fidelity per category</h2>
+{% if categories_note %}<p class="bad">{{ categories_note }}</p>{% endif %}
 {% if cat_plot %}<img alt="category fidelity" src="data:image/png;base64,{{ cat_plot }}">{% endif %}
 {{ table(fidelity_categories) }}
 <h2>MATE-3D-style table (evaluator, mean [95% CI])</h2>
+{% if categories_note %}<p class="bad">{{ categories_note }}</p>{% endif %}
 {{ table(mate3d) }}
 <h2>T3Bench-style table</h2>
 <p class="muted">quality = ranker, icosphere aggregation (best smoothed vertex × 20 + 50){% if t3bench_ranker %}, from {{ t3bench_ranker }}{% endif %}; alignment = evaluator alignment dimension.</p>
@@ -257,7 +259,10 @@ def target_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for k, t in (summary.get("targets") or {}).items():
         v = t["value"]
-        val = f"{v}/{t.get('of')}" if k == "evaluator_overall_categories" else fmt(v, 1)
+        if k == "evaluator_overall_categories":
+            val = f"{v}/{t.get('of')}" if v is not None else "no categories"
+        else:
+            val = fmt(v, 1)
         out.append({"name": names.get(k, k), "target": t["target"], "value": val, "met": t["met"]})
     return out
 
@@ -305,6 +310,7 @@ def write_eval_report(
         t3bench=_ci_table(tables["t3bench"], "t3_group", models, extra=("metric",)),
         t3bench_ranker=summary.get("t3bench_ranker"),
         diversity=_ci_table(tables["diversity"], "category", models),
+        categories_note=summary.get("categories_note"),
     )
     path = Path(out_dir) / "report.html"
     path.write_text(html, encoding="utf-8")
@@ -320,7 +326,7 @@ _DEMO_TEMPLATE = (
 measured against ShapeWorld ground truth (the measurer reads each word back from the generated shape).
 {% if quick %}Quick budget.{% endif %} Total time {{ total }} s.</p>
 <div class="lead">{{ lead }}</div>
-{% if targets %}<h2>Targets (issue 8)</h2>
+{% if targets %}<h2>Targets</h2>
 <table><tr><th>target</th><th>required</th><th>measured</th><th>met</th></tr>
 {% for t in targets %}<tr><td>{{ t.name }}</td><td>{{ t.target }}</td><td>{{ t.value }}</td>
 <td class="{{ 'ok' if t.met else 'bad' }}">{{ 'yes' if t.met else 'no' }}</td></tr>{% endfor %}</table>{% endif %}

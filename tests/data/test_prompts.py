@@ -417,3 +417,96 @@ def test_property_round_trip(tmp_path: Path, texts: list[str], ext: str) -> None
     loaded = load_prompts(path)
     assert loaded.texts == expected
     assert not loaded.issues
+
+
+# ------------------------------------------------------------------------------ category files
+MATE3D_JSON = FIXTURES / "mate3d" / "prompt_MATE_3D.json"
+MATE3D_CATS = {
+    "A badge shaped like a shield": "basic",
+    "A bat is hanging upside down from a branch with its wings folded": "action",
+    "A wooden chair with a curved backrest": "refined",
+}
+
+
+def write_xlsx(path: Path, rows: list[list[str]], shared: bool = True) -> None:
+    """A minimal .xlsx (one worksheet) as spreadsheet programs write it: shared or inline strings."""
+    import zipfile
+    from xml.sax.saxutils import escape
+
+    strings: list[str] = []
+    cells = []
+    for i, row in enumerate(rows, start=1):
+        out = []
+        for j, text in enumerate(row):
+            ref = f"{chr(65 + j)}{i}"
+            if shared:
+                strings.append(text)
+                out.append(f'<c r="{ref}" t="s"><v>{len(strings) - 1}</v></c>')
+            else:
+                out.append(f'<c r="{ref}" t="inlineStr"><is><t>{escape(text)}</t></is></c>')
+        cells.append(f'<row r="{i}">{"".join(out)}</row>')
+    ns = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("xl/workbook.xml", f"<workbook {ns}/>")
+        z.writestr(
+            "xl/worksheets/sheet1.xml", f"<worksheet {ns}><sheetData>{''.join(cells)}</sheetData></worksheet>"
+        )
+        if shared:
+            sis = "".join(f"<si><t>{escape(s)}</t></si>" for s in strings)
+            z.writestr("xl/sharedStrings.xml", f"<sst {ns}>{sis}</sst>")
+
+
+@pytest.mark.parametrize("layout", ["xlsx_long", "xlsx_wide_inline", "csv_long", "csv_wide", "json"])
+def test_mate3d_categories_from_a_category_file(tmp_path: Path, layout: str) -> None:
+    long = [["Index", "Prompt", "Category"]] + [
+        [str(i), p, c] for i, (p, c) in enumerate(MATE3D_CATS.items())
+    ]
+    cats = sorted(set(MATE3D_CATS.values()))
+    wide = [cats, [next(p for p, c in MATE3D_CATS.items() if c == cat) for cat in cats]]  # one per category
+    if layout.startswith("xlsx"):
+        f = tmp_path / "prompt_MATE_3D.xlsx"
+        write_xlsx(f, long if layout == "xlsx_long" else wide, shared=layout == "xlsx_long")
+    elif layout.startswith("csv"):
+        import csv as _csv
+
+        f = tmp_path / "cats.csv"
+        with f.open("w", newline="") as fh:
+            _csv.writer(fh).writerows(long if layout == "csv_long" else wide)
+    else:
+        f = tmp_path / "cats.json"
+        f.write_text(json.dumps({c: [p for p, k in MATE3D_CATS.items() if k == c] for c in cats}))
+    ps = load_prompts(MATE3D_JSON, categories=f)
+    assert {p.text: p.category for p in ps} == MATE3D_CATS
+    assert not ps.issues
+
+
+def test_prompts_missing_from_the_category_file_are_reported(tmp_path: Path) -> None:
+    f = tmp_path / "cats.csv"
+    f.write_text("prompt,type\n a BADGE  shaped like a shield,basic\n")
+    ps = load_prompts(MATE3D_JSON, categories=f)
+    assert [p.category for p in ps] == ["basic", None, None]
+    assert [i.kind for i in ps.issues] == ["uncategorised", "uncategorised"]
+    assert ps.issues[0].line == 3 and "not in the category file" in ps.issues[0].message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("missing.xlsx", None, "category file not found"),
+        ("bad.xlsx", b"not a zip", "not a readable .xlsx"),
+        ("cats.csv", "prompt,score\na,1\n", "needs a prompt and a category column"),
+        ("cats.txt", "a\n", "unknown category file type"),
+    ],
+)
+def test_bad_category_file_is_one_line(tmp_path: Path, name: str, content, match: str) -> None:
+    from debias3d.data.prompts import PromptFileError
+
+    f = tmp_path / name
+    if isinstance(content, bytes):
+        f.write_bytes(content)
+    elif content is not None:
+        f.write_text(content)
+    with pytest.raises(PromptFileError, match=match) as e:
+        load_prompts(MATE3D_JSON, categories=f)
+    assert "\n" not in str(e.value)

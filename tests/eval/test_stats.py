@@ -156,3 +156,42 @@ def test_mate3d_and_t3bench_tables():
 )
 def test_t3bench_groups(prompt, group):
     assert t3bench_group(prompt) == group
+
+
+def test_tables_say_when_there_are_no_categories():
+    from debias3d.eval.benchmarks import NO_CATEGORY, NO_CATEGORY_NOTE
+    from debias3d.eval.report import target_rows
+
+    frames = {k: f.assign(category=None) for k, f in _frames().items()}  # e.g. prompt_MATE_3D.json
+    t = mate3d_table(frames, n_boot=50)
+    assert set(t["category"]) == {NO_CATEGORY, "all"}
+    assert t.attrs["note"] == NO_CATEGORY_NOTE and "category file" in NO_CATEGORY_NOTE
+    imp = categories_improved(t)
+    assert imp["improved"] is None and imp["of"] == 0 and imp["note"] == NO_CATEGORY_NOTE
+    rows = target_rows(
+        {
+            "targets": {
+                "evaluator_overall_categories": {"value": None, "of": 0, "target": ">= 5", "met": False}
+            }
+        }
+    )
+    assert rows[0]["value"] == "no categories"
+    # with categories, there is no note
+    assert "note" not in mate3d_table(_frames(), n_boot=50).attrs
+
+
+def test_eval_prompts_take_categories_from_a_category_file(tmp_path):
+    from pathlib import Path
+
+    from debias3d.eval.benchmarks import NO_CATEGORY
+    from debias3d.eval.config import EvalConfig
+    from debias3d.eval.pipeline import load_eval_prompts
+
+    mate = Path(__file__).parents[1] / "data" / "fixtures" / "prompts" / "mate3d" / "prompt_MATE_3D.json"
+    assert {p.category for p in load_eval_prompts(EvalConfig(prompts=str(mate)))} == {NO_CATEGORY}
+    cats = tmp_path / "cats.csv"
+    cats.write_text(
+        "prompt,category\nA badge shaped like a shield,basic\nA wooden chair with a curved backrest,refined\n"
+    )
+    got = [p.category for p in load_eval_prompts(EvalConfig(prompts=str(mate), categories=str(cats)))]
+    assert got == ["basic", NO_CATEGORY, "refined"]
