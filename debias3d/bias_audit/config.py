@@ -10,6 +10,10 @@ DIMENSIONS: tuple[str, ...] = ("alignment", "geometry", "texture", "overall")
 _METHODS = ("grad", "grad_x_input", "integrated_gradients")
 
 
+MAX_SAMPLES = 1024  # D, meshes per prompt
+MAX_SEED = 2**62  # leaves room for seed + d under the 64-bit limit of torch / numpy seeds
+
+
 @dataclass
 class AttributionConfig:
     """Bias quantization: which score is back-propagated and how tokens become words."""
@@ -64,6 +68,15 @@ class AttributionConfig:
         for name in ("n_steps", "batch_size", "internal_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AttributionConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name, upper in (
+            ("n_steps", 1024),
+            ("batch_size", 4096),
+            ("internal_batch_size", 65536),
+            ("deletion_k", 100),
+        ):
+            value = getattr(self, name)
+            if value is not None and value > upper:
+                raise ValueError(f"AttributionConfig.{name} must be <= {upper}, got {value}")
         if self.deletion_k < 0:
             raise ValueError(f"AttributionConfig.deletion_k must be >= 0, got {self.deletion_k}")
         if self.stop_words is not None:
@@ -157,3 +170,18 @@ class AuditConfig:
             raise ValueError(f"AuditConfig.ground_truth_k must be >= 1, got {self.ground_truth_k}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"AuditConfig.steps must be >= 1, got {self.steps}")
+        # upper bounds: a typo like samples=100000000 must not grow memory until the machine stops
+        for name, upper in (
+            ("samples", MAX_SAMPLES),
+            ("generate_batch_size", 4096),
+            ("ground_truth_k", 1000),
+            ("steps", 10_000),
+            ("max_tokens", 100_000),
+            ("num_threads", 1024),
+        ):
+            value = getattr(self, name)
+            if value is not None and value > upper:
+                raise ValueError(f"AuditConfig.{name} must be <= {upper}, got {value}")
+        if not 0 <= self.seed <= MAX_SEED:
+            # sample d uses seed + d, and torch / numpy seeds must fit in 64 bits
+            raise ValueError(f"AuditConfig.seed must be in [0, {MAX_SEED}], got {self.seed}")

@@ -27,31 +27,21 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from debias3d.bias_audit.config import AuditConfig
+from debias3d.runs import RunFingerprint, RunLock, Timer, append_jsonl, atomic_write_json, estimate_line
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["run_audit", "merge_shards", "build_models", "stop_words_for", "process_batch"]
 
 
-class _Timer:
-    def __init__(self) -> None:
-        self.t: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, key: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.t[key] = self.t.get(key, 0.0) + time.perf_counter() - t0
+_Timer = Timer  # one timer class for every stage (debias3d.runs)
 
 
 def stop_words_for(cfg: AuditConfig) -> frozenset[str]:
@@ -318,7 +308,7 @@ def _round(obj: Any, digits: int = 6) -> Any:
 
 def _read_shards(shard_dir: Path) -> list[dict[str, Any]]:
     """Every record of every shard; a torn last line is dropped (read_jsonl) and its prompt redone."""
-    from debias3d.models.persistence import read_jsonl
+    from debias3d.runs import read_jsonl
 
     return [r for path in sorted(shard_dir.glob("shard-*.jsonl")) for r in read_jsonl(path)]
 
@@ -447,7 +437,13 @@ def merge_shards(
         (out_dir / "view_contradictions.json").write_text(
             json.dumps(view_results, indent=1, ensure_ascii=False)
         )
+    n_failed = len(prompt_set) - len(prompts_df)
+    outcome = {"prompts": len(prompt_set), "audited": len(prompts_df), "failed": n_failed}
+    outcome["line"] = f"{len(prompt_set)} prompts: {len(prompts_df)} audited, {n_failed} failed" + (
+        " (no valid sample; see issues)" if n_failed else ""
+    )
     summary = {
+        "outcome": outcome,
         "config": to_dict(cfg),
         "n_prompts": len(prompt_set),
         "n_audited": len(prompts_df),
@@ -474,10 +470,40 @@ def merge_shards(
         "issues": issues,
     }
     summary = _round(summary)
-    (out_dir / "summary.json").write_text(
-        json.dumps(summary, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
-    )
+    atomic_write_json(out_dir / "summary.json", summary)
     return summary
+
+
+# Settings that change no row (speed, output extras, set-level steps done again at every merge).
+_NOT_IN_ROWS = ("generate_batch_size", "device", "num_threads", "heatmaps", "report", "mesh_format",
+                "ground_truth_k", "fidelity_table", "view_contradictions", "attribution.batch_size",
+                "attribution.internal_batch_size")  # fmt: skip
+
+
+def audit_fingerprint(cfg: AuditConfig, prompt_set: Any) -> RunFingerprint:
+    """The settings and prompt set that decide an audit's shard records (see :mod:`debias3d.runs`).
+
+    The prompt set is part of it: with ``attribution.target=global`` every record depends on the
+    number of prompts (``q_g = mean q_l``).
+    """
+    import hashlib
+
+    from debias3d.config import to_dict
+
+    settings = to_dict(cfg)
+    for key in _NOT_IN_ROWS:
+        head, _, tail = key.partition(".")
+        if tail:
+            settings.get(head, {}).pop(tail, None)
+        else:
+            settings.pop(head, None)
+    h = hashlib.sha256()
+    for p in prompt_set:
+        h.update(f"{p.id}\t{p.text}\n".encode())
+    return RunFingerprint("audit", settings, {"prompts": h.hexdigest()[:16]})
+
+
+LARGE_AUDIT = 1000  # prompts from which the audit announces its size and expected time
 
 
 def run_audit(
@@ -506,7 +532,6 @@ def run_audit(
     """
     import torch
     from accelerate import PartialState
-    from tqdm.auto import tqdm
 
     cfg = cfg or AuditConfig()
     # cpu=True puts CPU ranks on gloo (accelerate would otherwise expect CUDA for multi-process).
@@ -515,6 +540,28 @@ def run_audit(
         # one GPU per process under accelerate launch
         cfg = dataclasses.replace(cfg, device=str(state.device))
     out = Path(out_dir)
+    # one run per folder: a second one on the same --out is refused (the lock dies with its process)
+    lock = RunLock(out).acquire() if state.is_main_process else None
+    try:
+        return _run_audit(prompts, cfg, out, resume, generator, evaluator, view_auditor, state)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_audit(
+    prompts: Any,
+    cfg: AuditConfig,
+    out: Path,
+    resume: bool,
+    generator: Any,
+    evaluator: Any,
+    view_auditor: Any,
+    state: Any,
+) -> dict[str, Any]:
+    import torch
+    from tqdm.auto import tqdm
+
     shard_dir = out / "shards"
     timer = _Timer()
     if cfg.num_threads:
@@ -523,16 +570,26 @@ def run_audit(
         if evaluator is None:
             _, evaluator = build_models(cfg, need_generator=False)
     prompt_set = _load_prompt_set(prompts, evaluator, cfg)
+    fp = audit_fingerprint(cfg, prompt_set)
+    if resume and shard_dir.is_dir():
+        # records made with other settings or prompts must not be mixed into this run's tables
+        fp.check(out, fresh_hint="run without --resume")
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not resume and shard_dir.exists():
             shutil.rmtree(shard_dir)
         shard_dir.mkdir(parents=True, exist_ok=True)
+        fp.write(out)
     state.wait_for_everyone()
     done = {r["prompt_id"] for r in _read_shards(shard_dir) if r.get("prompt_id")} if resume else set()
     todo = [(i, p) for i, p in enumerate(prompt_set) if p.id not in done]
     if resume and done:
         logger.info("resume: %d prompts already done, %d to go", len(prompt_set) - len(todo), len(todo))
+    if len(todo) >= LARGE_AUDIT and state.is_main_process:
+        logger.warning(
+            "%s; the expected time follows after the first batch",
+            estimate_line("audit", len(todo), None, unit=f"prompts x {cfg.samples} samples"),
+        )
     stop_words = stop_words_for(cfg)
     with state.split_between_processes(todo) as mine:
         mine = list(mine)
@@ -549,15 +606,18 @@ def run_audit(
                 unit="batch",
                 disable=not state.is_local_main_process,
             )
-            for batch in bar:
+            t_first = time.perf_counter()
+            for b, batch in enumerate(bar):
                 recs = process_batch(
                     batch, generator, evaluator, cfg, out, len(prompt_set), stop_words, timer
                 )
-                with shard.open("a", encoding="utf-8") as fh:
-                    for r in recs:
-                        fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                # a shard line torn by a kill is cut before this append (its prompt is redone)
+                append_jsonl(shard, recs)
+                if b == 0 and len(mine) >= LARGE_AUDIT and state.is_local_main_process:
+                    rate = (time.perf_counter() - t_first) / max(len(batch), 1)
+                    logger.warning(
+                        "%s (measured on the first batch)", estimate_line("audit", len(mine), round(rate, 3))
+                    )
     (shard_dir / f"timings-{state.process_index:03d}.json").write_text(json.dumps(timer.t))
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -570,7 +630,7 @@ def run_audit(
         summary["issues"].append(
             "view contradictions: no masked LM (set view_contradictions.mlm_path to a bert-base-uncased folder)"
         )
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_json(out / "summary.json", summary)
     from debias3d.bias_audit.report import write_heatmaps, write_report
 
     if cfg.heatmaps:
@@ -588,12 +648,11 @@ def run_audit(
     for k in ("merge", "heatmaps", "report"):
         if k in timer.t:
             totals[k] = timer.t[k]
-    (out / "timings.json").write_text(
-        json.dumps({k: round(v, 3) for k, v in totals.items()}, indent=2) + "\n"
-    )
+    atomic_write_json(out / "timings.json", {k: round(v, 3) for k, v in totals.items()})
     for msg in summary["issues"]:
         logger.warning("%s", msg)
-    logger.info("audit of %d prompts written to %s", summary["n_audited"], out)
+    level = logging.WARNING if summary["outcome"]["failed"] else logging.INFO
+    logger.log(level, "audit: %s -> %s", summary["outcome"]["line"], out)
     return summary
 
 
