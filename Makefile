@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/augment.py --json benchmarks/results/augment.json
 	$(PY) benchmarks/finetune.py --threads 1 --steps 20 --warmup 2 --json > benchmarks/results/finetune_shipped.json
 	$(PY) benchmarks/train_step.py --threads 1 --json benchmarks/results/train_step.json
+	$(PY) benchmarks/refocus.py --prompts 12 --samples 4 --repeats 3 --threads 1 --json benchmarks/results/refocus.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -223,6 +223,18 @@ def generate(
     fmt: Annotated[str, typer.Option("--format", help="Mesh format: glb, obj or ply.")] = "glb",
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default from the model config).")] = None,
     cfg_strength: Annotated[float | None, typer.Option("--cfg", help="CFG strength.")] = None,
+    refocus: Annotated[
+        list[str] | None,
+        typer.Option(help="WORD=FACTOR: scale the cross-attention to WORD's tokens (repeatable)."),
+    ] = None,
+    refocus_audit: Annotated[
+        Path | None, typer.Option(help="Audit folder: refocus each prompt's neglected word (w_l).")
+    ] = None,
+    refocus_factor: Annotated[float, typer.Option(help="Factor for --refocus-audit.")] = 2.0,
+    refocus_interval: Annotated[
+        str, typer.Option(help="Sampling times LO,HI (t = 1 is noise) that are refocused.")
+    ] = "0,1",
+    refocus_stages: Annotated[str, typer.Option(help="Comma-separated stages to refocus.")] = "stage1,stage2",
 ) -> None:
     """Generate meshes for prompts with a registered generator (default: the embedded mini TRELLIS)."""
     from debias3d.models.backbone.cli import generate_command
@@ -243,6 +255,11 @@ def generate(
             fmt=fmt,
             steps=steps,
             cfg_strength=cfg_strength,
+            refocus=refocus or [],
+            refocus_audit=refocus_audit,
+            refocus_factor=refocus_factor,
+            refocus_interval=refocus_interval,
+            refocus_stages=refocus_stages,
         )
 
 

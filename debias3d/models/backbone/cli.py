@@ -76,6 +76,16 @@ def _warn_truncated(texts: list[str], gen) -> None:  # noqa: ANN001
             )
 
 
+def _interval(text: str) -> tuple[float, float]:
+    """``"0.5,1"`` → ``(0.5, 1.0)``; a malformed value is a one-line error naming it."""
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--refocus-interval {text!r}: expected LO,HI, e.g. 0.5,1") from None
+    return lo, hi
+
+
 def generate_command(
     prompts: list[str],
     out: Path,
@@ -87,22 +97,61 @@ def generate_command(
     fmt: str = "glb",
     steps: int | None = None,
     cfg_strength: float | None = None,
+    refocus: list[str] | None = None,
+    refocus_audit: Path | None = None,
+    refocus_factor: float = 2.0,
+    refocus_interval: str = "0,1",
+    refocus_stages: str = "stage1,stage2",
 ) -> list[Path]:
-    """Generate ``samples`` meshes per prompt into ``out`` (``<i>_<d>.<fmt>`` + ``manifest.jsonl``)."""
+    """Generate ``samples`` meshes per prompt into ``out`` (``<i>_<d>.<fmt>`` + ``manifest.jsonl``).
+
+    With ``refocus`` (``["WORD=FACTOR", ...]``, every word must occur in every prompt) or
+    ``refocus_audit`` (each prompt's w_l from that audit), sampling runs under a
+    :class:`~debias3d.models.refocus.Refocuser` and ``refocus.json`` records what was refocused.
+    """
+    import contextlib
+
     from .decoder import export_mesh
 
     texts = _read_prompts(prompts)
+    refocuser = None
+    if refocus or refocus_audit is not None:
+        from debias3d.models.refocus import RefocusConfig, parse_refocus, targets_from_audit
+
+        words = parse_refocus(refocus or [])
+        rcfg = RefocusConfig(
+            t_interval=_interval(refocus_interval),
+            stages=tuple(s.strip() for s in refocus_stages.split(",") if s.strip()),
+        )
+        audit_targets = (
+            {} if refocus_audit is None else targets_from_audit(refocus_audit, refocus_factor, texts)
+        )
+        for t in texts:
+            if refocus_audit is not None and t not in audit_targets:
+                logger.warning("refocus: prompt %r has no neglected word (w_l) in %s", t, refocus_audit)
     gen = load_generator(generator, weights)
     _warn_truncated(texts, gen)
     if adapter is not None:
         if not hasattr(gen, "load_adapter"):
             raise ValueError(f"generator {generator!r} cannot load adapters yet")
         gen.load_adapter(adapter)
-    assets = gen.generate(
-        texts, seeds=[seed] * len(texts), num_samples=samples, steps=steps, cfg=cfg_strength
-    )
+    if refocus or refocus_audit is not None:
+        from debias3d.models.refocus import Refocuser
+
+        targets = {t: {**audit_targets.get(t, {}), **words} for t in dict.fromkeys(texts)}
+        refocuser = Refocuser(gen, {t: w for t, w in targets.items() if w}, rcfg, strict=bool(words))
+    with refocuser if refocuser is not None else contextlib.nullcontext():
+        assets = gen.generate(
+            texts, seeds=[seed] * len(texts), num_samples=samples, steps=steps, cfg=cfg_strength
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if refocuser is not None:
+        report = {
+            "config": {"t_interval": rcfg.t_interval, "stages": rcfg.stages},
+            "rows": refocuser.report.rows,
+        }
+        (out / "refocus.json").write_text(json.dumps(report, indent=2))
     paths = []
     with (out / "manifest.jsonl").open("w") as f:
         for k, a in enumerate(assets):
