@@ -102,7 +102,7 @@ def tiny_flow_models(seed: int = 0) -> dict:
 
 def write_pipeline_folder(root: Path, seed: int = 0) -> Path:
     """A TRELLIS pipeline folder with the two tiny flow models in TRELLIS's format
-    (``pipeline.json`` + ``ckpts/<name>.json`` / ``.safetensors``)."""
+    (``pipeline.json`` + ``ckpts/<name>.json`` / ``.safetensors``) and a tiny CLIP text encoder."""
     import json
 
     from debias3d.models.trellis import save_trellis_model
@@ -113,42 +113,70 @@ def write_pipeline_folder(root: Path, seed: int = 0) -> Path:
     for key, model in models.items():
         cls = type(model).__name__
         save_trellis_model(model, root / "ckpts" / names[key], {"name": cls, "args": cfgs[key]})
+    # a decoder the merged folder must keep loading from the base folder
+    ss_dec = importlib.import_module("trellis.models.sparse_structure_vae").SparseStructureDecoder
+    dec_args = {"out_channels": 1, "latent_channels": 8, "num_res_blocks": 1, "channels": [16, 8],
+                "num_res_blocks_middle": 1}  # fmt: skip
+    save_trellis_model(
+        ss_dec(**dec_args),
+        root / "ckpts" / "ss_dec_tiny",
+        {"name": "SparseStructureDecoder", "args": dec_args},
+    )
     args = {
-        "models": {k: f"ckpts/{v}" for k, v in names.items()},
+        "models": {**{k: f"ckpts/{v}" for k, v in names.items()}, "sparse_structure_decoder": "ckpts/ss_dec_tiny"},
         "sparse_structure_sampler": {"name": "FlowEulerCfgSampler", "args": {"sigma_min": 1e-5},
                                      "params": {"steps": 2, "cfg_strength": 1.0}},
         "slat_sampler": {"name": "FlowEulerCfgSampler", "args": {"sigma_min": 1e-5},
                          "params": {"steps": 2, "cfg_strength": 1.0}},
         "slat_normalization": {"mean": [0.1 * i for i in range(8)], "std": [1.0 + 0.1 * i for i in range(8)]},
-        "text_cond_model": "openai/clip-vit-large-patch14",
+        "text_cond_model": str(write_tiny_clip(root / "clip").resolve()),
     }  # fmt: skip
     (root / "pipeline.json").write_text(json.dumps({"name": "TrellisTextTo3DPipeline", "args": args}))
     return root
 
 
-class TextPipeline:
-    """The real ``trellis.pipelines.base.Pipeline`` loaded from a folder, plus the text side of
-    ``TrellisTextTo3DPipeline`` (``encode_text``, ``text_cond_model["null_cond"]``,
-    ``slat_normalization``) from a fixed random table: TRELLIS's CLIP encoder needs CUDA."""
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2 / CLIP byte-level alphabet (the 256 characters a byte-level BPE starts from)."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
 
-    def __init__(self, path: Path, cond_channels: int = 16):
-        import torch
 
-        base = importlib.import_module("trellis.pipelines.base")
-        pipe = base.Pipeline.from_pretrained(str(path))
-        self.models = pipe.models
-        self._pretrained_args = pipe._pretrained_args
-        self.slat_normalization = pipe._pretrained_args["slat_normalization"]
-        g = torch.Generator().manual_seed(7)
-        self._table = torch.randn(256, cond_channels, generator=g)
-        self.text_cond_model = {"null_cond": self.encode_text([""])}
+def write_tiny_clip(path: Path, hidden: int = 16, seed: int = 0) -> Path:
+    """A 1-layer CLIP text model (``hidden`` = the flow models' ``cond_channels``) with a byte-level
+    CLIP tokenizer (no merges), in the folder layout ``CLIPTextModel`` / ``AutoTokenizer`` read."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    def encode_text(self, text: list[str]):
-        import torch
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in _bytes_to_unicode():
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(str(path))
+    cfg = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    CLIPTextModel(cfg).save_pretrained(str(path))
+    return path
 
-        ids = torch.zeros(len(text), 77, dtype=torch.long)
-        for i, s in enumerate(text):
-            b = list(s.encode("utf-8"))[:76]
-            ids[i, 0] = 1
-            ids[i, 1 : 1 + len(b)] = torch.tensor(b, dtype=torch.long)
-        return self._table[ids]  # (B, 77, D), as CLIP's last_hidden_state
+
+def load_text_pipeline(path: Path, monkeypatch):
+    """The real ``TrellisTextTo3DPipeline.from_pretrained(path)`` on CPU: ``.cuda()`` (its CLIP
+    encoder) is patched to a no-op and ``open3d`` (used only by ``voxelize``) is a stub."""
+    import torch
+    from torch import nn
+
+    o3d = types.ModuleType("open3d")
+    o3d.geometry = types.SimpleNamespace(TriangleMesh=object)
+    monkeypatch.setitem(sys.modules, "open3d", o3d)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(nn.Module, "cuda", lambda self, *a, **k: self)
+    mod = importlib.import_module("trellis.pipelines.trellis_text_to_3d")
+    return mod.TrellisTextTo3DPipeline.from_pretrained(str(path))

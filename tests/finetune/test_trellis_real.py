@@ -20,14 +20,25 @@ ALL_TARGETS = ("to_qkv", "to_q", "to_kv", "to_out", "mlp.mlp.0", "mlp.mlp.2")
 @pytest.fixture()
 def base_dir(monkeypatch, tmp_path):
     rt.install(monkeypatch)
-    yield rt.write_pipeline_folder(tmp_path / "base")
+    base = rt.write_pipeline_folder(tmp_path / "base")
+    rt.load_text_pipeline(base, monkeypatch)  # patches .cuda / open3d for the whole test
+    yield base
     rt.drop_modules()
 
 
+def _pipeline(path):
+    import importlib
+
+    return importlib.import_module(
+        "trellis.pipelines.trellis_text_to_3d"
+    ).TrellisTextTo3DPipeline.from_pretrained(str(path))
+
+
 def _gen(base_dir):
+    """The adapter around the real ``TrellisTextTo3DPipeline`` (real CLIP ``encode_text``)."""
     from debias3d.models.trellis import TrellisGenerator
 
-    return TrellisGenerator(base_dir, pipeline=rt.TextPipeline(base_dir), device="cpu")
+    return TrellisGenerator(base_dir, pipeline=_pipeline(base_dir), device="cpu")
 
 
 def _inputs():
@@ -195,7 +206,12 @@ def test_train_fp16_blocks_save_reload_merge_trellis_format(base_dir, tmp_path):
     assert pipe["models"] == {
         "sparse_structure_flow_model": "ckpts/ss_flow_tiny_fp16",
         "slat_flow_model": "ckpts/slat_flow_tiny_fp16",
+        "sparse_structure_decoder": str((base_dir / "ckpts" / "ss_dec_tiny").resolve()),  # from the base
     }
+    assert sorted(p.name for p in (merged / "ckpts").iterdir()) == [
+        "slat_flow_tiny_fp16.json", "slat_flow_tiny_fp16.safetensors",
+        "ss_flow_tiny_fp16.json", "ss_flow_tiny_fp16.safetensors",
+    ]  # fmt: skip
     models = importlib.import_module("trellis.models")
     loaded = {
         "stage1": models.from_pretrained(str(merged / "ckpts" / "ss_flow_tiny_fp16")).eval(),
@@ -204,11 +220,10 @@ def test_train_fp16_blocks_save_reload_merge_trellis_format(base_dir, tmp_path):
     assert loaded["stage2"].blocks[0].mlp.mlp[0].weight.dtype == torch.float16  # use_fp16 kept
     for a, b in zip(want, _outputs(loaded), strict=True):
         torch.testing.assert_close(b, a, atol=2e-2, rtol=2e-2)  # merged into fp16 weights
-    # TRELLIS's own pipeline loader reads the folder (pipeline.json → ckpts/<name>)
-    base_pipe = importlib.import_module("trellis.pipelines.base").Pipeline.from_pretrained(str(merged))
-    again = {
-        "stage1": base_pipe.models["sparse_structure_flow_model"],
-        "stage2": base_pipe.models["slat_flow_model"],
-    }
+    # TRELLIS's text pipeline loads the merged folder (pipeline.json → ckpts/<name>, samplers, CLIP)
+    pipe = _pipeline(merged)
+    again = {"stage1": pipe.models["sparse_structure_flow_model"], "stage2": pipe.models["slat_flow_model"]}
     for a, b in zip(_outputs(loaded), _outputs(again), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert pipe.encode_text(["a red vase"]).shape == (1, 77, 16)
+    assert type(pipe.models["sparse_structure_decoder"]).__name__ == "SparseStructureDecoder"
