@@ -92,10 +92,20 @@ def test_bad_config_values(override, match):
         load_config(FinetuneConfig, "configs/shapeworld/finetune.yaml", [override])
 
 
-@pytest.mark.parametrize("path", ["configs/shapeworld/finetune.yaml", "configs/trellis/finetune.yaml"])
-def test_shipped_configs_load(path):
+ATTENTION = {"to_qkv", "to_q", "to_kv", "to_out"}
+
+
+@pytest.mark.parametrize(
+    "path,targets",
+    [
+        ("configs/shapeworld/finetune.yaml", ATTENTION),
+        # TRELLIS: the block MLPs too (stage 2's are SparseLinear, wrapped by the sparse LoRA layer)
+        ("configs/trellis/finetune.yaml", ATTENTION | {"mlp.mlp.0", "mlp.mlp.2"}),
+    ],
+)
+def test_shipped_configs_load(path, targets):
     cfg = load_config(FinetuneConfig, path)
-    assert set(cfg.lora.target_modules) == {"to_qkv", "to_q", "to_kv", "to_out"}
+    assert set(cfg.lora.target_modules) == targets
 
 
 def test_main_reports_one_line_errors(tmp_path, capsys, tiny_world):
