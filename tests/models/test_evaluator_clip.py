@@ -473,3 +473,32 @@ def test_convert_command_line_errors_in_one_line(tmp_path, clip_dir):
     assert res.exit_code == 1
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "model.pth" in lines[0] and "not found" in lines[0]
+
+
+@pytest.mark.parametrize("method", ["grad", "integrated_gradients"])
+def test_audit_attribution_runs_on_the_clip_evaluator(model, method):
+    """The audit's word attribution reads tokenize's offsets / special tokens and the 77-token mask."""
+    from debias3d.bias_audit.attribute import attribute_prompts
+
+    views = torch.rand(2, 2, 6, 3, 32, 32)
+    res = attribute_prompts(
+        model, PROMPTS, views, torch.ones(2, 2, dtype=torch.bool), method=method, n_steps=8
+    )
+    enc = model.tokenize(PROMPTS)
+    for b in range(len(PROMPTS)):
+        n = int(enc["attention_mask"][b].sum())
+        assert len(res.tokens[b]) == n and np.isfinite(res.token_attr[b]).all()
+        assert res.special[b][0] and res.special[b][n - 1] and not res.special[b][1 : n - 1].any()
+        assert np.abs(res.token_attr[b][1 : n - 1]).sum() > 0
+    assert np.isfinite(res.scores).all() and np.isfinite(res.delta).all()
+
+
+def test_checkpoint_for_another_config_is_a_one_line_error(model, tmp_path):
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if "position_ids" not in k}
+    state["hypernet.fc4b_fc.weight"] = torch.zeros(14, 8)  # the old five-layer layout's shape
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match="size mismatch for hypernet.fc4b_fc.weight") as e:
+        model.load_weights(tmp_path / "w.safetensors")
+    assert "\n" not in str(e.value)

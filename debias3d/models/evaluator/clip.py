@@ -398,7 +398,11 @@ class CLIPHyperScore(HyperScoreBase):
         from debias3d.models.persistence import load_safetensors
 
         state = load_safetensors(path)
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # size mismatches: name the first one on one line
+            first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc))
+            raise ValueError(f"{path}: not a HyperScore checkpoint for this config: {first}") from None
         missing = [k for k in missing if "position_ids" not in k]
         if missing or unexpected:
             raise ValueError(
