@@ -201,10 +201,9 @@ class GeneratorExternalGenerator:
     @property
     def model(self) -> Any:
         if self._gen is None:
-            from debias3d.registry import find
+            from debias3d.models.generator import GeneratorSpec, build_generator
 
-            cls = find("generator", self.generator_name)
-            self._gen = cls.from_pretrained(self.path) if hasattr(cls, "from_pretrained") else cls()
+            self._gen = build_generator(GeneratorSpec(self.generator_name, self.path))
         return self._gen
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[Asset]:

@@ -658,14 +658,10 @@ def _run_audit(
 
 def build_models_generator(cfg: AuditConfig, evaluator: Any) -> tuple[Any, Any]:
     """Only the generator (sharing the evaluator's MiniLM encoder when both are the embedded ones)."""
-    from debias3d.registry import find
+    from debias3d.models.generator import GeneratorSpec, build_generator
 
-    gen_cls = find("generator", cfg.generator)
-    kwargs: dict[str, Any] = {"device": cfg.device}
-    te = getattr(evaluator, "text_encoder", None)
-    if cfg.generator == "mini-trellis" and getattr(te, "name", None) == "minilm":
-        kwargs["text_encoder"] = te
-    return gen_cls.from_pretrained(cfg.generator_weights, **kwargs), evaluator
+    spec = GeneratorSpec(cfg.generator, cfg.generator_weights, cfg.device)
+    return build_generator(spec, text_encoder=getattr(evaluator, "text_encoder", None)), evaluator
 
 
 def _build_view_auditor(cfg: AuditConfig) -> Any:

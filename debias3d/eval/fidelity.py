@@ -207,13 +207,9 @@ def main(
 ) -> FidelityResult:
     """``debias3d world fidelity``: the fixed ShapeWorld evaluation set, D samples each."""
     from debias3d.data.shapeworld.grammar import evaluation_prompts
-    from debias3d.models.backbone.cli import load_generator
+    from debias3d.models.generator import GeneratorSpec, build_generator
 
-    gen = load_generator(generator, weights)
-    if adapter is not None:
-        if not hasattr(gen, "load_adapter"):
-            raise ValueError(f"generator {generator!r} cannot load adapters yet")
-        gen.load_adapter(adapter)
+    gen = build_generator(GeneratorSpec(generator, weights), adapter=adapter)
     prompts = evaluation_prompts(per_category, seed=seed)
     res = run_fidelity(gen, prompts, D=samples, out_dir=out, seed=seed)
     s = res.summary

@@ -164,23 +164,13 @@ def load_generator(
     When ``cfg.generator_weights`` is unset and the adapter folder records its base weights, those
     are used, so an adapter is always measured on the model it was trained from.
     """
-    from debias3d.registry import find
+    from debias3d.models.generator import GeneratorSpec, build_generator, read_adapter_info
 
     weights = cfg.generator_weights
     if adapter is not None and weights is None:
-        from debias3d.finetune.lora import read_adapter_info
-
         weights = read_adapter_info(adapter).get("generator_path") or None
-    cls = find("generator", cfg.generator)
-    kwargs: dict[str, Any] = {"device": cfg.device}
-    if text_encoder is not None and cfg.generator == "mini-trellis":
-        kwargs["text_encoder"] = text_encoder
-    gen = cls.from_pretrained(weights, **kwargs)
-    if adapter is not None:
-        from debias3d.finetune.lora import apply_adapter
-
-        apply_adapter(gen, adapter, merge=True)
-    return gen
+    spec = GeneratorSpec(cfg.generator, weights, cfg.device)
+    return build_generator(spec, text_encoder=text_encoder, adapter=adapter)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -97,9 +97,9 @@ def merge_command(
         base: base weights folder / TRELLIS id; default: the one recorded in the adapter folder.
         device: torch device for the merge.
     """
-    from .lora import load_generator, merge_adapter, read_adapter_info
+    from debias3d.models.generator import GeneratorSpec, build_generator, read_adapter_info
 
     info = read_adapter_info(adapter)
-    name = info.get("generator", "mini-trellis")
-    generator = load_generator(name, base if base is not None else info.get("generator_path"), device=device)
-    return merge_adapter(generator, adapter, out)
+    weights = base if base is not None else info.get("generator_path")
+    spec = GeneratorSpec(info.get("generator", "mini-trellis"), weights, device)
+    return build_generator(spec, adapter=adapter).merge_adapter(out)

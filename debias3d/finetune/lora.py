@@ -27,7 +27,6 @@ with the names.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -39,7 +38,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from debias3d.models.persistence import read_json
+from debias3d.models.generator import (
+    ADAPTER_INFO_NAME,
+    GeneratorBase,
+    GeneratorSpec,
+    build_generator,
+    check_adapter_dir,
+    read_adapter_info,
+    write_adapter_info,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +65,6 @@ __all__ = [
     "read_adapter_info",
     "write_adapter_info",
 ]
-
-#: Beside the peft files: which generator (backend + weights) the adapter was trained on.
-ADAPTER_INFO_NAME = "debias3d_adapter.json"
 
 
 def flow_container(generator: Any) -> nn.ModuleDict:
@@ -190,29 +194,6 @@ def lora_parameters(model: nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if "lora_" in n}
 
 
-def write_adapter_info(adapter_dir: str | os.PathLike, info: dict[str, Any]) -> Path:
-    """Write :data:`ADAPTER_INFO_NAME` (generator backend, weights path, stages, training summary)."""
-    p = Path(adapter_dir) / ADAPTER_INFO_NAME
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-    return p
-
-
-def read_adapter_info(adapter_dir: str | os.PathLike) -> dict[str, Any]:
-    """The :data:`ADAPTER_INFO_NAME` record, or ``{}`` when the folder has none."""
-    p = Path(adapter_dir) / ADAPTER_INFO_NAME
-    return read_json(p) if p.is_file() else {}
-
-
-def _check_adapter_dir(adapter_dir: str | os.PathLike) -> Path:
-    d = Path(adapter_dir)
-    if not (d / "adapter_config.json").is_file() or not (d / "adapter_model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"{d} is not a LoRA adapter folder (expected adapter_config.json and adapter_model.safetensors)"
-        )
-    return d
-
-
 def apply_adapter(generator: Any, adapter_dir: str | os.PathLike, merge: bool = True) -> Any:
     """Load a fine-tuned adapter into ``generator`` in place (for ``generate --adapter DIR`` and eval).
 
@@ -230,7 +211,7 @@ def apply_adapter(generator: Any, adapter_dir: str | os.PathLike, merge: bool = 
 
     from .sparse_lora import register_sparse_lora
 
-    d = _check_adapter_dir(adapter_dir)
+    d = check_adapter_dir(adapter_dir)
     container = flow_container(generator)
     # the SparseLinear → SparseLoraLinear mapping is not in adapter_config.json: register it again
     config = register_sparse_lora(LoraConfig.from_pretrained(str(d)), container)
@@ -241,44 +222,18 @@ def apply_adapter(generator: Any, adapter_dir: str | os.PathLike, merge: bool = 
     meta = getattr(generator, "metadata", None)
     if isinstance(meta, dict):
         meta["adapter"] = str(d)
+    if isinstance(generator, GeneratorBase):  # merge_adapter folds an unmerged one in later
+        generator._unmerged_adapter = None if merge else peft_model
     logger.info("applied LoRA adapter %s (%s)", d, "merged" if merge else "unmerged")
     return generator
 
 
 def merge_adapter(generator: Any, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Merge an adapter into ``generator`` and write the merged weights as safetensors.
-
-    Each generator writes its own ``from_pretrained`` format through ``save_pretrained``: mini
-    TRELLIS ``config.json`` + ``model.safetensors``; TRELLIS a pipeline folder (``pipeline.json`` +
-    ``ckpts/<name>.json`` / ``<name>.safetensors`` per flow model) that
-    ``TrellisTextTo3DPipeline.from_pretrained`` loads. A generator without ``save_pretrained``
-    gets ``<stage>.safetensors`` per flow model.
-    """
-    from safetensors.torch import save_file
-
-    apply_adapter(generator, adapter_dir, merge=True)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if hasattr(generator, "save_pretrained"):
-        generator.save_pretrained(out)
-    else:
-        for key, module in generator.flow_models.items():
-            state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-            save_file(state, str(out / f"{key}.safetensors"), metadata={"format": "pt"})
-    info = read_adapter_info(adapter_dir)
-    info["merged_from"] = str(adapter_dir)
-    (out / "merge_record.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-    logger.info("wrote merged weights to %s", out)
-    return out
+    """Merge an adapter into ``generator`` and write the merged weights as safetensors
+    (:meth:`~debias3d.models.generator.GeneratorBase.merge_adapter`)."""
+    return generator.load_adapter(adapter_dir, merge=True).merge_adapter(out_dir)
 
 
 def load_generator(name: str, path: str | None = None, device: str = "cpu") -> Any:
     """Build a generator backend by registry name (``mini-trellis`` / ``trellis``) from ``path``."""
-    from debias3d.registry import find
-
-    cls = find("generator", name)
-    if not hasattr(cls, "from_pretrained"):
-        raise TypeError(f"generator backend {name!r} has no from_pretrained")
-    return (
-        cls.from_pretrained(path, device=device) if path is not None else cls.from_pretrained(device=device)
-    )
+    return build_generator(GeneratorSpec(name, path, device))

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from debias3d.data.assets import Asset
+from debias3d.models.generator import GeneratorBase
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ def save_trellis_model(
     return stem
 
 
-class TrellisGenerator:
+class TrellisGenerator(GeneratorBase):
     """Real TRELLIS-text behind the same ``generate(prompts, seeds, num_samples)`` protocol.
 
     Args:

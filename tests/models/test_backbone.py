@@ -284,7 +284,7 @@ def test_generate_command_records_voxels_and_warns_on_empty_samples(
             occ[0, 0, 0] = True  # one voxel: the generator "produced nothing"
             return assets
 
-    monkeypatch.setattr(cli, "load_generator", lambda *a, **k: Emptying())
+    monkeypatch.setattr(cli, "build_generator", lambda *a, **k: Emptying())
     with caplog.at_level(logging.WARNING, logger=cli.__name__):
         paths = cli.generate_command(["a red vase"], tmp_path, samples=2)
     rows = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
@@ -300,7 +300,7 @@ def test_generate_command_rejects_empty_prompts_before_loading(prompts, tmp_path
     def never(*a, **k):
         raise AssertionError("the generator must not be loaded for a bad prompt")
 
-    monkeypatch.setattr(cli, "load_generator", never)
+    monkeypatch.setattr(cli, "build_generator", never)
     with pytest.raises(ValueError, match=rf"prompt {len(prompts)} of {len(prompts)} is empty"):
         cli.generate_command(prompts, tmp_path)
     assert not (tmp_path / "manifest.jsonl").exists()

@@ -6,22 +6,14 @@ import json
 import logging
 from pathlib import Path
 
+from debias3d.models.generator import GeneratorSpec, build_generator
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["MIN_VOXELS", "generate_command", "load_generator"]
+__all__ = ["MIN_VOXELS", "generate_command"]
 
 #: Fewer occupied voxels than this and ``generate`` warns that a sample is (almost) empty.
 MIN_VOXELS = 4
-
-
-def load_generator(name: str = "mini-trellis", weights: Path | None = None, **kwargs):
-    """Build a registered generator; ``weights`` is the mini model's folder or TRELLIS's id/folder."""
-    from debias3d.registry import find
-
-    cls = find("generator", name)
-    return (
-        cls.from_pretrained(weights, **kwargs) if hasattr(cls, "from_pretrained") else cls(weights, **kwargs)
-    )
 
 
 def _is_file(text: str) -> bool:
@@ -129,12 +121,8 @@ def generate_command(
         for t in texts:
             if refocus_audit is not None and t not in audit_targets:
                 logger.warning("refocus: prompt %r has no neglected word (w_l) in %s", t, refocus_audit)
-    gen = load_generator(generator, weights)
+    gen = build_generator(GeneratorSpec(generator, weights), adapter=adapter)
     _warn_truncated(texts, gen)
-    if adapter is not None:
-        if not hasattr(gen, "load_adapter"):
-            raise ValueError(f"generator {generator!r} cannot load adapters yet")
-        gen.load_adapter(adapter)
     if refocus or refocus_audit is not None:
         from debias3d.models.refocus import Refocuser
 

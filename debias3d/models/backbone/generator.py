@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from debias3d.data.assets import Asset
+from debias3d.models.generator import GeneratorBase
 
 from .decoder import occupancy_from_latent, voxels_from_latents, voxels_to_mesh
 from .flow import FlowModelConfig, SLatFlowModel, SparseStructureFlowModel
@@ -87,8 +88,8 @@ def build_text_encoder(name: str, path: str | None = None, device: str = "cpu"):
     return cls(path, device=device) if path is not None or name != "minilm" else cls(device=device)
 
 
-class MiniTrellisGenerator:
-    """The embedded generator. Implements the generator protocol ``generate(...) -> list[Asset]``.
+class MiniTrellisGenerator(GeneratorBase):
+    """The embedded generator (a :class:`~debias3d.models.generator.GeneratorBase`).
 
     Args:
         config: architecture and sampler defaults.
@@ -100,6 +101,7 @@ class MiniTrellisGenerator:
     """
 
     name = "mini-trellis"
+    shares_text_encoder = True
     #: stage-2 padded tokens per sampler batch (items are bucketed by voxel count)
     stage2_tokens_per_batch: int = 8192
 
@@ -131,10 +133,14 @@ class MiniTrellisGenerator:
     def from_pretrained(
         cls,
         path: str | os.PathLike | None = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = "cpu",
         text_encoder: nn.Module | None = None,
     ) -> MiniTrellisGenerator:
-        """Load ``config.json`` + ``model.safetensors`` from ``path`` (default: the shipped weights)."""
+        """Load ``config.json`` + ``model.safetensors`` from ``path`` (default: the shipped weights).
+
+        ``text_encoder`` shares an already-loaded encoder; one of another kind than the config's
+        (e.g. an evaluator's CLIP for a MiniLM-conditioned model) is not used.
+        """
         from debias3d.models.persistence import load_safetensors, read_json
 
         d = Path(path) if path is not None else DEFAULT_WEIGHTS_DIR
@@ -143,7 +149,9 @@ class MiniTrellisGenerator:
                 f"no mini-TRELLIS weights in {d} (expected {CONFIG_NAME} and {WEIGHTS_NAME})"
             )
         config = MiniTrellisConfig.from_dict(read_json(d / CONFIG_NAME))
-        gen = cls(config, text_encoder=text_encoder, device=device)
+        if getattr(text_encoder, "name", config.text_encoder) != config.text_encoder:
+            text_encoder = None
+        gen = cls(config, text_encoder=text_encoder, device=device or "cpu")
         state = load_safetensors(d / WEIGHTS_NAME)
         for key, module in gen.flow_models.items():
             sub = {k[len(key) + 1 :]: v.float() for k, v in state.items() if k.startswith(key + ".")}
@@ -158,7 +166,9 @@ class MiniTrellisGenerator:
         return {f"{k}.{n}": p for k, m in self.flow_models.items() for n, p in m.state_dict().items()}
 
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (``dtype``, e.g. fp16 to halve the size)."""
+        """Write ``config.json`` and ``model.safetensors`` (``dtype``, e.g. fp16 to halve the size),
+        and ``training_record.json`` when the model was loaded with one (its corpus word counts
+        split fidelity into frequent and rare words)."""
         from safetensors.torch import save_file
 
         d = Path(path)
@@ -166,6 +176,9 @@ class MiniTrellisGenerator:
         state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt", "model": "mini-trellis"})
         (d / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+        record = self.metadata.get("training_record")
+        if record is not None:
+            (d / RECORD_NAME).write_text(json.dumps(record, indent=2))
         return d
 
     def to(self, device: str | torch.device) -> MiniTrellisGenerator:
