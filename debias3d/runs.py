@@ -281,12 +281,20 @@ class RunFingerprint:
         if not path.is_file():
             logger.warning("%s records no settings fingerprint; resuming without a check", out_dir)
             return
-        old = read_json(path)
+        msg = self.mismatch(read_json(path), f"{out_dir} was made", fresh_hint)
+        if msg:
+            raise FingerprintError(msg)
+
+    def mismatch(self, old: Any, where: str, fresh_hint: str) -> str | None:
+        """The one-line error for a stored fingerprint ``old`` that differs from this one, else None.
+
+        ``where`` starts the message (``"OUT was made"``); ``fresh_hint`` names how to start fresh.
+        """
         if not isinstance(old, dict) or old.get("fingerprint") == self.digest:
-            return
+            return None
         diffs = self.differences(old)
         if not diffs:
-            return
+            return None
         as_made = [
             f"{k}={_short(v)}"
             for k, v in (old.get("settings") or {}).items()
@@ -296,7 +304,7 @@ class RunFingerprint:
         if as_made:
             how += f", or resume as it was made with {' '.join(as_made[:6])}"
             how += " ..." if len(as_made) > 6 else ""
-        raise FingerprintError(f"{out_dir} was made with other settings ({'; '.join(diffs[:4])}); {how}")
+        return f"{where} with other settings ({'; '.join(diffs[:4])}); {how}"
 
 
 def _short(v: Any, limit: int = 40) -> str:

@@ -33,6 +33,9 @@ _SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_w
 _PRECISIONS = ("no", "fp16", "bf16")
 
 
+MAX_LORA_RANK = 4096  # no adapted layer of either generator is wider
+
+
 @dataclass
 class LoraSettings:
     """peft ``LoraConfig`` values for the flow transformers."""
@@ -54,8 +57,8 @@ class LoraSettings:
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
         self.stages = tuple(self.stages)
-        if self.rank < 1:
-            raise ValueError(f"LoraSettings.rank must be >= 1, got {self.rank}")
+        if not 1 <= self.rank <= MAX_LORA_RANK:
+            raise ValueError(f"LoraSettings.rank must be in [1, {MAX_LORA_RANK}], got {self.rank}")
         if self.alpha <= 0:
             raise ValueError(f"LoraSettings.alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
@@ -121,6 +124,8 @@ class DataSettings:
             raise ValueError(f"DataSettings.max_num_voxels must be >= 1, got {self.max_num_voxels}")
         if self.max_pairs is not None and self.max_pairs < 1:
             raise ValueError(f"DataSettings.max_pairs must be >= 1 or null, got {self.max_pairs}")
+        if self.max_num_voxels > 10_000_000:
+            raise ValueError(f"DataSettings.max_num_voxels must be <= 10000000, got {self.max_num_voxels}")
 
 
 @dataclass
@@ -185,6 +190,20 @@ class TrainSettings:
                 raise ValueError(f"TrainSettings.{name} must be >= 1, got {getattr(self, name)}")
         if self.logging_steps < 1:
             raise ValueError(f"TrainSettings.logging_steps must be >= 1, got {self.logging_steps}")
+        # upper bounds: a typo must not start a job that runs for weeks or allocates without end
+        for name, upper in (
+            ("max_train_steps", 10_000_000),
+            ("train_batch_size", 65_536),
+            ("gradient_accumulation_steps", 65_536),
+            ("stage2_max_voxels", 10_000_000),
+            ("lr_warmup_steps", 10_000_000),
+            ("dataloader_num_workers", 256),
+            ("num_threads", 1024),
+            ("checkpoints_total_limit", 100_000),
+        ):
+            value = getattr(self, name)
+            if value is not None and value > upper:
+                raise ValueError(f"TrainSettings.{name} must be <= {upper}, got {value}")
         if self.learning_rate <= 0:
             raise ValueError(f"TrainSettings.learning_rate must be > 0, got {self.learning_rate}")
         if self.lr_scheduler not in _SCHEDULERS:

@@ -136,17 +136,22 @@ def check_dataset(path: str | os.PathLike, what: str = "pairs") -> int:
 
 
 def resolve_mesh_path(mesh: str | None, dataset_dir: Path) -> Path | None:
-    """A pair's ``mesh`` entry as a path: absolute, or relative to the ``aug/`` folder (the dataset
-    folder's parent), the dataset folder, or the working directory — the first that exists."""
+    """A pair's ``mesh`` entry as a path inside the ``aug/`` folder (the dataset folder's parent).
+
+    Relative entries are tried against the ``aug/`` folder, then the dataset folder; an absolute
+    entry is accepted only when it lies inside the ``aug/`` folder. Anything else (``/etc/passwd``,
+    ``../../x.glb``) raises ValueError: a dataset row never makes training read outside its folder.
+    """
     if not mesh:
         return None
-    m = Path(mesh)
-    if m.is_absolute():
-        return m
-    for base in (dataset_dir.parent, dataset_dir, Path.cwd()):
-        if (base / m).exists():
-            return base / m
-    return dataset_dir.parent / m
+    from debias3d.runs import inside
+
+    root = dataset_dir.parent
+    first = inside(root, mesh, "mesh path")  # absolute paths and ../ are checked here
+    if first.exists() or Path(mesh).is_absolute():
+        return first
+    second = dataset_dir / mesh
+    return second if second.exists() and inside(root, second, "mesh path") else first
 
 
 def check_mesh_file(path: Path | None) -> str | None:
@@ -170,7 +175,7 @@ def check_mesh_file(path: Path | None) -> str | None:
 
     try:
         mesh = trimesh.load(path, force="mesh")
-    except (ValueError, OSError, KeyError, IndexError) as e:
+    except Exception as e:  # noqa: BLE001 — any parser error of a foreign file makes this row a skip
         logger.debug("mesh %s unreadable: %s", path, e)
         return "broken_mesh"
     return None if len(getattr(mesh, "vertices", ())) else "broken_mesh"
@@ -226,7 +231,8 @@ def load_rows(
 
     Returns:
         prompts, occupancies ``[(R,R,R) uint8]``, colours ``[(R,R,R,3) uint8]``, and the skip
-        counter (reason → n): ``not_winner``, ``missing_mesh``, ``broken_mesh``, ``bad_voxels``.
+        counter (reason → n): ``not_winner``, ``missing_mesh``, ``broken_mesh``, ``mesh_outside_folder``,
+        ``bad_voxels``.
     """
     ds = _load_dataset(path, what)
     base = Path(path)
@@ -252,7 +258,10 @@ def load_rows(
             continue
         if check_meshes:
             mesh = row.get("mesh") if has_mesh else None
-            reason = check_mesh_file(resolve_mesh_path(None if mesh is None else str(mesh), base))
+            try:
+                reason = check_mesh_file(resolve_mesh_path(None if mesh is None else str(mesh), base))
+            except ValueError:
+                reason = "mesh_outside_folder"
             if reason is not None:
                 skipped[reason] += 1
                 continue

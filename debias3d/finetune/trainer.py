@@ -46,7 +46,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from debias3d.models.persistence import read_jsonl
+from debias3d.runs import (
+    FingerprintError,
+    RunFingerprint,
+    atomic_write_json,
+    fingerprint,
+    fsync_dir,
+    read_json,
+    read_jsonl,
+)
 
 from .config import FinetuneConfig
 
@@ -63,6 +71,7 @@ __all__ = [
 
 LOG_NAME = "train_log.jsonl"
 CHECKPOINT_PREFIX = "checkpoint-"
+MANIFEST_NAME = "checkpoint.json"
 
 
 @dataclass
@@ -133,28 +142,157 @@ class FlowMatchingObjective(nn.Module):
         return out
 
 
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The ``checkpoint-N`` folder with the largest N in ``out_dir`` (None when there is none)."""
-    d = Path(out_dir)
-    if not d.is_dir():
-        return None
-    found = [p for p in d.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
-    found = [p for p in found if p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :])) if found else None
+# Settings that do not change the trained weights (when and where to write, speed).
+_NOT_IN_WEIGHTS = ("checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "logging_steps",
+                   "dataloader_num_workers", "num_threads")  # fmt: skip
 
 
-def _rotate_checkpoints(out_dir: Path, limit: int | None) -> None:
-    """Delete the oldest ``checkpoint-N`` folders so that one more fits under ``limit`` (diffusers)."""
+def finetune_fingerprint(cfg: FinetuneConfig, num_processes: int = 1) -> RunFingerprint:
+    """The settings and inputs that decide a run's weights; every checkpoint records it.
+
+    ``--resume-from latest`` only takes checkpoints with this fingerprint, and rotation only
+    deletes them, so a leftover checkpoint of an earlier run in the same folder is never resumed.
+    The pairs dataset enters by its file names and sizes (cheap, and changed by any re-write).
+    """
+    from debias3d.config import to_dict
+
+    settings = to_dict(cfg)
+    for key in _NOT_IN_WEIGHTS:
+        settings["train"].pop(key, None)
+    settings["num_processes"] = int(num_processes)
+    inputs = {}
+    for name in ("pairs", "corpus", "latents"):
+        folder = getattr(cfg.data, name, None)
+        if folder and Path(folder).is_dir():
+            files = sorted(
+                (p.relative_to(folder).as_posix(), p.stat().st_size)
+                for p in Path(folder).rglob("*")
+                if p.is_file()
+            )
+            inputs[f"data.{name}"] = fingerprint(files)
+    return RunFingerprint("finetune", settings, inputs)
+
+
+def _step_of(p: Path) -> int:
+    return int(p.name[len(CHECKPOINT_PREFIX) :])
+
+
+def _checkpoint_dirs(out_dir: Path) -> list[Path]:
+    """``checkpoint-N`` folders, oldest first."""
+    if not out_dir.is_dir():
+        return []
+    found = [p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
+    return sorted((p for p in found if p.name[len(CHECKPOINT_PREFIX) :].isdigit()), key=_step_of)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint (``None`` when every file has its recorded size).
+
+    A save writes the folder aside and moves it into place with its ``checkpoint.json`` (the file
+    list with sizes), so a folder without it was interrupted (or made by an older version), and a
+    file shorter than recorded was truncated afterwards.
+    """
+    manifest = path / MANIFEST_NAME
+    if not manifest.is_file():
+        return f"incomplete: no {MANIFEST_NAME} (an interrupted save, or made by an older version)"
+    try:
+        m = read_json(manifest)
+        files = dict(m["files"])
+    except (ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST_NAME} is unreadable ({' '.join(str(e).split())[:120]})"
+    for name, size in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} is truncated or changed ({f.stat().st_size} of {size} bytes)"
+    return None
+
+
+def latest_checkpoint(out_dir: str | os.PathLike, fp: RunFingerprint | None = None) -> Path | None:
+    """The newest complete ``checkpoint-N`` in ``out_dir`` (of the run ``fp`` when given), else None.
+
+    Incomplete or corrupt checkpoints are skipped with a warning (the previous intact one is used).
+
+    Raises:
+        FingerprintError: ``fp`` given and every intact checkpoint belongs to another run (one line
+            saying how to start fresh or how to resume as that run was made).
+    """
+    return next(iter(_usable_checkpoints(Path(out_dir), fp)), None)
+
+
+def _usable_checkpoints(out: Path, fp: RunFingerprint | None) -> list[Path]:
+    """Complete checkpoints of this run, newest first (see :func:`latest_checkpoint`)."""
+    usable, foreign = [], []
+    for p in reversed(_checkpoint_dirs(out)):
+        why = checkpoint_problem(p)
+        if why is not None:
+            logger.warning("skipping %s: %s", p, why)
+            continue
+        if fp is not None:
+            stored = read_json(p / MANIFEST_NAME)
+            if stored.get("fingerprint") != fp.digest:
+                foreign.append((p, stored))
+                continue
+        usable.append(p)
+    if not usable and foreign:
+        p, stored = foreign[0]
+        msg = fp.mismatch(stored, f"{p} belongs to a run made", "run without --resume-from")  # type: ignore[union-attr]
+        raise FingerprintError(msg or f"{p} belongs to another run; run without --resume-from to start fresh")
+    return usable
+
+
+def _tidy_checkpoints(out: Path) -> None:
+    """After a kill mid-save: restore a checkpoint moved aside for replacement, drop unfinished saves."""
+    if not out.is_dir():
+        return
+    for p in out.iterdir():
+        if p.name.startswith(".old-" + CHECKPOINT_PREFIX):
+            final = out / p.name[len(".old-") :]
+            if final.exists():
+                shutil.rmtree(p)
+            else:
+                p.rename(final)
+        elif p.name.startswith(".tmp-" + CHECKPOINT_PREFIX):
+            shutil.rmtree(p)
+
+
+def _publish_checkpoint(tmp: Path, final: Path, fp: RunFingerprint, step: int) -> None:
+    """Seal ``tmp`` (fsync files, write ``checkpoint.json`` last) and move it to ``final`` atomically."""
+    files = {}
+    for f in sorted(tmp.rglob("*")):
+        if f.is_file():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+            files[f.relative_to(tmp).as_posix()] = f.stat().st_size
+    atomic_write_json(tmp / MANIFEST_NAME, {**fp.to_dict(), "step": step, "files": files})
+    old = final.with_name(".old-" + final.name)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _rotate_checkpoints(out_dir: Path, limit: int | None, fp: RunFingerprint | None = None) -> None:
+    """Delete this run's oldest checkpoints beyond ``limit`` (diffusers' rotation, after the new save).
+
+    Only checkpoints with this run's fingerprint count and are deleted; other runs' are left alone.
+    """
     if limit is None:
         return
-    found = sorted(
-        (p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)),
-        key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]),
-    )
-    if len(found) >= limit:
-        for p in found[: len(found) - limit + 1]:
-            logger.info("removing checkpoint %s (checkpoints_total_limit=%d)", p.name, limit)
-            shutil.rmtree(p)
+    own = []
+    for p in _checkpoint_dirs(out_dir):
+        if fp is not None and checkpoint_problem(p) is None:
+            if read_json(p / MANIFEST_NAME).get("fingerprint") != fp.digest:
+                continue
+        elif fp is not None:
+            continue
+        own.append(p)
+    for p in own[: max(0, len(own) - limit)]:
+        logger.info("removing checkpoint %s (checkpoints_total_limit=%d)", p.name, limit)
+        shutil.rmtree(p)
 
 
 def _mini_stage_loss(train_set: Any, generator: Any, cfg: FinetuneConfig) -> Any:
@@ -386,22 +524,49 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
     global_step = 0
     first_epoch = 0
     resume_batches = 0
+    fp = finetune_fingerprint(cfg, accelerator.num_processes)
+    if main:
+        _tidy_checkpoints(out)
+    accelerator.wait_for_everyone()
     if tc.resume_from_checkpoint:
         if tc.resume_from_checkpoint == "latest":
-            path = latest_checkpoint(out)
-            if path is None:
+            candidates = _usable_checkpoints(out, fp)
+            if not candidates:
                 logger.info("no checkpoint in %s; starting a new training run", out)
         else:
             path = Path(tc.resume_from_checkpoint)
             if not path.is_dir():
                 raise FileNotFoundError(f"checkpoint {path} not found")
-        if path is not None:
-            accelerator.load_state(str(path))
-            global_step = int(path.name.rsplit("-", 1)[-1])
+            why = checkpoint_problem(path)
+            if why is not None:
+                raise ValueError(f"checkpoint {path}: {why}")
+            msg = fp.mismatch(
+                read_json(path / MANIFEST_NAME), f"{path} belongs to a run made", "run without --resume-from"
+            )
+            if msg:
+                raise FingerprintError(msg)
+            candidates = [path]
+        failures = []
+        for path in candidates:
+            try:
+                accelerator.load_state(str(path))
+            except Exception as exc:  # noqa: BLE001 — any unreadable state file: fall back to an older one
+                why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+                failures.append(f"{path.name}: {why}")
+                logger.warning("skipping %s: cannot be loaded (%s)", path, why)
+                continue
+            global_step = _step_of(path)
             first_epoch = global_step // updates_per_epoch
             resume_batches = (global_step % updates_per_epoch) * tc.gradient_accumulation_steps
             if main:
                 logger.info("resumed from %s (step %d)", path, global_step)
+            break
+        else:
+            if failures:
+                raise ValueError(
+                    f"no checkpoint in {out} could be loaded ({'; '.join(failures[:3])}); "
+                    "run without --resume-from to start fresh"
+                )
     log_path = out / LOG_NAME
     if main:
         if global_step:
@@ -479,12 +644,23 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
             if global_step % tc.checkpointing_steps == 0:
                 from accelerate.utils import DistributedType
 
-                if main or accelerator.distributed_type == DistributedType.DEEPSPEED:
-                    if main:
-                        _rotate_checkpoints(out, tc.checkpoints_total_limit)
+                deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+                if main or deepspeed:
+                    # written aside, sealed with checkpoint.json, then renamed: a kill mid-save
+                    # leaves the previous checkpoints as they were
                     save_path = out / f"{CHECKPOINT_PREFIX}{global_step}"
-                    accelerator.save_state(str(save_path))
-                    logger.info("saved state to %s", save_path)
+                    tmp_path = out / f".tmp-{save_path.name}"
+                    if main and tmp_path.exists():
+                        shutil.rmtree(tmp_path)
+                    if deepspeed:
+                        accelerator.wait_for_everyone()
+                    accelerator.save_state(str(tmp_path))
+                    if deepspeed:
+                        accelerator.wait_for_everyone()
+                    if main:
+                        _publish_checkpoint(tmp_path, save_path, fp, global_step)
+                        _rotate_checkpoints(out, tc.checkpoints_total_limit, fp)
+                        logger.info("saved state to %s", save_path)
             if global_step >= tc.max_train_steps:
                 break
     bar.close()
