@@ -16,7 +16,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-KINDS = ("generator", "evaluator", "ranker", "llm", "external_generator", "text_encoder", "mlm")
+KINDS = ("generator", "evaluator", "ranker", "llm", "external_generator", "text_encoder", "mlm", "proposer")
 
 _REGISTRY: dict[str, dict[str, type]] = {k: {} for k in KINDS}
 
@@ -86,5 +86,9 @@ for _kind, _name, _target in [
     ("llm", "openai", "debias3d.models.llm.openai_llm:OpenAIContextWriter"),
     ("external_generator", "generator", "debias3d.augment.visual:GeneratorExternalGenerator"),
     ("external_generator", "command", "debias3d.augment.visual:CommandExternalGenerator"),
+    ("proposer", "shapeworld", "debias3d.bias_audit.substitutes:ShapeWorldProposer"),
+    ("proposer", "wordlist", "debias3d.bias_audit.substitutes:WordListProposer"),
+    ("proposer", "mlm", "debias3d.bias_audit.substitutes:MLMProposer"),
+    ("proposer", "llm", "debias3d.bias_audit.substitutes:LLMProposer"),
 ]:
     register_lazy(_kind, _name, _target)

@@ -280,6 +280,14 @@ class EvaluatorScore:
         self, inputs_embeds: Tensor, views: Tensor, valid: Tensor, attention_mask: Tensor
     ) -> Tensor:
         """``(B, K)`` local scores for every dimension (unscaled)."""
+        s = self.per_sample(inputs_embeds, views, valid, attention_mask)
+        w = valid.to(s.dtype)[..., None]
+        return (s * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+    def per_sample(
+        self, inputs_embeds: Tensor, views: Tensor, valid: Tensor, attention_mask: Tensor
+    ) -> Tensor:
+        """``(B, D, K)`` scores of every sample on every dimension (unscaled; invalid samples too)."""
         from debias3d.models.evaluator.views import ViewBatch, ViewFeatures
 
         b, d = valid.shape
@@ -296,8 +304,7 @@ class EvaluatorScore:
         else:
             emb = inputs_embeds.repeat_interleave(d, dim=0)
             s = ev.score_from_embeddings(vb, emb, mask).view(b, d, -1)
-        w = valid.to(s.dtype)[..., None]
-        return (s * w).sum(1) / w.sum(1).clamp_min(1.0)
+        return s
 
     def __call__(self, inputs_embeds: Tensor, views: Tensor, valid: Tensor, attention_mask: Tensor) -> Tensor:
         return self.all_dimensions(inputs_embeds, views, valid, attention_mask)[:, self.column] * self.scale

@@ -4,10 +4,71 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["AuditConfig", "AttributionConfig", "ViewContradictionConfig", "DIMENSIONS"]
+__all__ = ["AuditConfig", "AttributionConfig", "ProbeConfig", "ViewContradictionConfig", "DIMENSIONS"]
 
 DIMENSIONS: tuple[str, ...] = ("alignment", "geometry", "texture", "overall")
-_METHODS = ("grad", "grad_x_input", "integrated_gradients")
+GRADIENT_METHODS: tuple[str, ...] = ("grad", "grad_x_input", "integrated_gradients")
+PROBE_METHODS: tuple[str, ...] = ("occlusion", "contrastive")
+_METHODS = GRADIENT_METHODS + PROBE_METHODS
+PROPOSERS: tuple[str, ...] = ("shapeworld", "wordlist", "mlm", "llm")
+#: Methods by agreement with ShapeWorld ground truth, best first (benchmarks/attribution_truth.py);
+#: ``select`` defaults to the first one that is run.
+SELECT_ORDER: tuple[str, ...] = ("contrastive", "occlusion", "grad", "grad_x_input", "integrated_gradients")
+
+
+@dataclass
+class ProbeConfig:
+    """Counterfactual word probes (``occlusion``, ``contrastive``) and their substitute proposer."""
+
+    proposer: str = field(
+        default="shapeworld",
+        metadata={"help": "substitutes for contrastive: shapeworld, wordlist, mlm or llm (registry name)"},
+    )
+    k: int = field(default=4, metadata={"help": "alternatives per word (contrastive)"})
+    wordlist: str | None = field(
+        default=None, metadata={"help": "YAML {class: [words]} for the wordlist proposer"}
+    )
+    mlm_path: str = field(default="", metadata={"help": "local masked-LM folder for the mlm proposer"})
+    llm_base_url: str | None = field(
+        default=None, metadata={"help": "OpenAI-compatible endpoint (llm proposer)"}
+    )
+    llm_model: str = field(default="gpt-4o-mini", metadata={"help": "model name (llm proposer)"})
+    llm_cache: str | None = field(
+        default=None, metadata={"help": "answer cache folder (llm proposer; default: OUT/substitutes_cache)"}
+    )
+    llm_timeout_s: float = field(default=30.0, metadata={"help": "request timeout (llm proposer)"})
+    occlusion_dimension: str = field(
+        default="overall", metadata={"help": "score whose drop occlusion measures"}
+    )
+    contrastive_dimension: str = field(
+        default="alignment", metadata={"help": "score whose drop the contrastive probe measures"}
+    )
+    threshold: float = field(
+        default=0.0, metadata={"help": "score drop above which a word counts as shown (verdicts)"}
+    )
+    n_boot: int = field(default=200, metadata={"help": "bootstrap resamples of the intervals"})
+    ci: float = field(default=0.9, metadata={"help": "interval level"})
+    internal_batch_size: int = field(default=512, metadata={"help": "prompt variants per evaluator forward"})
+
+    def __post_init__(self) -> None:
+        if self.proposer not in PROPOSERS:
+            raise ValueError(
+                f"ProbeConfig.proposer must be one of {', '.join(PROPOSERS)}, got {self.proposer!r}"
+            )
+        for name in ("occlusion_dimension", "contrastive_dimension"):
+            if getattr(self, name) not in DIMENSIONS:
+                raise ValueError(
+                    f"ProbeConfig.{name} must be one of {', '.join(DIMENSIONS)}, got {getattr(self, name)!r}"
+                )
+        for name in ("k", "n_boot", "internal_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.ci < 1.0:
+            raise ValueError(f"ProbeConfig.ci must be in (0, 1), got {self.ci}")
+        if self.proposer == "wordlist" and not self.wordlist:
+            raise ValueError("ProbeConfig.wordlist must name a YAML file when proposer is wordlist")
+        if self.llm_timeout_s <= 0:
+            raise ValueError(f"ProbeConfig.llm_timeout_s must be > 0, got {self.llm_timeout_s}")
 
 
 MAX_SAMPLES = 1024  # D, meshes per prompt
@@ -16,17 +77,26 @@ MAX_SEED = 2**62  # leaves room for seed + d under the 64-bit limit of torch / n
 
 @dataclass
 class AttributionConfig:
-    """Bias quantization: which score is back-propagated and how tokens become words."""
+    """Bias quantization: which methods score each word and which one picks w_h / w_l."""
 
     methods: tuple[str, ...] = field(
-        default=("grad", "grad_x_input", "integrated_gradients"),
+        default=("grad", "grad_x_input", "integrated_gradients", "occlusion", "contrastive"),
         metadata={
-            "help": "attribution methods to run: grad (the paper's), grad_x_input, integrated_gradients"
+            "help": "methods to run: grad (the paper's), grad_x_input, integrated_gradients, "
+            "occlusion, contrastive (word probes)"
         },
     )
-    primary: str = field(default="grad", metadata={"help": "method that picks w_h / w_l and the word table"})
+    select: str | None = field(
+        default=None,
+        metadata={
+            "help": "method that picks w_h / w_l (and the augment targets); default: of the methods run, "
+            "the one that agrees best with ShapeWorld ground truth (SELECT_ORDER, BENCHMARKS.md)"
+        },
+    )
     target: str = field(default="local", metadata={"help": "score to attribute: local (q_l) or global (q_g)"})
-    dimension: str = field(default="overall", metadata={"help": "evaluator dimension to attribute"})
+    dimension: str = field(
+        default="overall", metadata={"help": "evaluator dimension the gradients attribute"}
+    )
     aggregate: str = field(default="sum", metadata={"help": "sub-word pieces -> word: sum or mean"})
     n_steps: int = field(default=32, metadata={"help": "integrated-gradients quadrature points"})
     baseline: str = field(default="pad", metadata={"help": "integrated-gradients reference: pad or zeros"})
@@ -37,10 +107,11 @@ class AttributionConfig:
     )
     stop_words: tuple[str, ...] | None = field(
         default=None,
-        metadata={"help": "words never chosen as w_l (default: English + ShapeWorld stop words)"},
+        metadata={"help": "words never chosen as w_h / w_l (default: English + ShapeWorld stop words)"},
     )
     extra_stop_words: tuple[str, ...] = field(default=(), metadata={"help": "added to the stop-word list"})
     deletion_k: int = field(default=1, metadata={"help": "k of the top-k vs bottom-k deletion test"})
+    probes: ProbeConfig = field(default_factory=ProbeConfig, metadata={"help": "word probes"})
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
@@ -51,9 +122,11 @@ class AttributionConfig:
                 )
         if not self.methods:
             raise ValueError("AttributionConfig.methods must not be empty")
-        if self.primary not in self.methods:
+        if self.select is None:
+            self.select = next(m for m in SELECT_ORDER if m in self.methods)
+        if self.select not in self.methods:
             raise ValueError(
-                f"AttributionConfig.primary {self.primary!r} must be one of methods {self.methods}"
+                f"AttributionConfig.select {self.select!r} must be one of methods {self.methods}"
             )
         if self.target not in ("local", "global"):
             raise ValueError(f"AttributionConfig.target must be local or global, got {self.target!r}")
@@ -82,6 +155,14 @@ class AttributionConfig:
         if self.stop_words is not None:
             self.stop_words = tuple(self.stop_words)
         self.extra_stop_words = tuple(self.extra_stop_words)
+
+    @property
+    def gradient_methods(self) -> tuple[str, ...]:
+        return tuple(m for m in self.methods if m in GRADIENT_METHODS)
+
+    @property
+    def probe_methods(self) -> tuple[str, ...]:
+        return tuple(m for m in self.methods if m in PROBE_METHODS)
 
 
 @dataclass

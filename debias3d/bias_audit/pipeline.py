@@ -38,7 +38,14 @@ from debias3d.runs import RunFingerprint, RunLock, Timer, append_jsonl, atomic_w
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_audit", "merge_shards", "build_models", "stop_words_for", "process_batch"]
+__all__ = [
+    "run_audit",
+    "merge_shards",
+    "build_models",
+    "stop_words_for",
+    "process_batch",
+    "build_probe_proposer",
+]
 
 
 _Timer = Timer  # one timer class for every stage (debias3d.runs)
@@ -169,12 +176,15 @@ def process_batch(
     n_total: int,
     stop_words: frozenset[str],
     timer: _Timer | None = None,
+    proposer: Any = None,
 ) -> list[dict[str, Any]]:
     """Localize and attribute one batch of prompts; returns one JSON-able record per prompt.
 
     Args:
         batch: ``(index in the set, Prompt)`` pairs.
         n_total: prompts in the whole set (``q_g = mean q_l``, so ``∂q_g/∂e = ∂q_l/∂e / n_total``).
+        proposer: substitute proposer of the ``contrastive`` probe (:func:`build_probe_proposer`);
+            ``None`` skips that probe (its words get no score).
     """
     from debias3d.bias_audit.attribute import attribute_prompts
     from debias3d.bias_audit.localize import localize_batch
@@ -204,10 +214,15 @@ def process_batch(
     words_by_method: dict[str, list[list[Any]]] = {}
     deletion: dict[str, list[dict]] = {}
     deltas: dict[str, list[float]] = {}
+    probe_words: dict[str, Any] = {}
     if ok:
         views, valid = lb.inputs[ok], lb.valid[ok]  # cached view features when the evaluator has them
         ok_texts = [texts[i] for i in ok]
-        for method in att.methods:
+        probe_words, probe_issues = _run_probes(
+            evaluator, ok_texts, views, valid, att, stop_words, proposer, timer
+        )
+        issues += probe_issues
+        for method in att.gradient_methods:
             with timer(f"attribute_{method}"):
                 res = attribute_prompts(
                     evaluator,
@@ -239,16 +254,16 @@ def process_batch(
         if cfg.heatmaps or cfg.report:
             first = int(np.flatnonzero(lb.valid[i].numpy())[0])
             _thumb(lb.views[i, first], out_dir / "thumbs" / f"{prompt.id}.png")
-        primary = words_by_method[att.primary][j]
-        from debias3d.bias_audit.words import extremes
-
-        w_h, w_l = extremes(primary)
-        words = []
-        for w in primary:
-            row = {"word": w.word, "word_index": w.index, "is_stop": w.is_stop}
-            for m in att.methods:
-                row[f"attr_{m}"] = float(words_by_method[m][j][w.index].attr)
-            words.append(row)
+        words, picks = _word_rows(j, att, words_by_method, probe_words)
+        w_h, w_l = picks.get(att.select, (None, None))
+        if w_h is None and w_l is None and att.select in att.probe_methods:
+            fb = att.gradient_methods[0] if att.gradient_methods else None
+            if fb is not None:
+                w_h, w_l = picks[fb]
+            issues.append(
+                f"select {att.select}: prompt {prompt.text!r}: no word could be probed; "
+                + (f"w_h / w_l from {fb}" if fb else "no w_h / w_l")
+            )
         samples = []
         for d in range(cfg.samples):
             srow = {
@@ -272,8 +287,9 @@ def process_batch(
                 "truncated": bool(prompt.truncated),
                 "q_l": {dim: float(q_l[i, k]) for k, dim in enumerate(dims)},
                 "spread": {dim: float(spread[i, k]) for k, dim in enumerate(dims)},
-                "w_h": w_h.word if w_h else None,
-                "w_l": w_l.word if w_l else None,
+                "w_h": w_h,
+                "w_l": w_l,
+                "picks": {m: list(v) for m, v in picks.items()},
                 "words": words,
                 "samples": samples,
                 "deletion": {m: deletion[m][j] for m in deletion},
@@ -287,6 +303,129 @@ def process_batch(
         # nothing usable in this batch; still keep its messages (a record without words)
         records.append({"index": -1, "prompt_id": None, "issues": issues})
     return records
+
+
+def build_probe_proposer(
+    cfg: AuditConfig, out_dir: Path, stop_words: frozenset[str]
+) -> tuple[Any, str | None]:
+    """The ``contrastive`` probe's substitute proposer, or ``(None, one-line reason)`` when it cannot be built."""
+    att = cfg.attribution
+    if "contrastive" not in att.methods:
+        return None, None
+    from debias3d.bias_audit.substitutes import build_proposer
+
+    pc = att.probes
+    options: dict[str, Any] = {}
+    if pc.proposer == "wordlist":
+        options["path"] = pc.wordlist
+    elif pc.proposer == "mlm":
+        options.update(path=pc.mlm_path, device=cfg.device)
+    elif pc.proposer == "llm":
+        options.update(
+            base_url=pc.llm_base_url,
+            model=pc.llm_model,
+            cache_dir=pc.llm_cache or str(out_dir / "substitutes_cache"),
+            timeout_s=pc.llm_timeout_s,
+        )
+    try:
+        return build_proposer(pc.proposer, stop_words=stop_words, **options), None
+    except (FileNotFoundError, OSError, ValueError, KeyError, ImportError) as exc:
+        msg = " ".join(str(exc).split())
+        return None, f"contrastive probe skipped: proposer {pc.proposer!r} unavailable: {msg}"
+
+
+def _run_probes(
+    evaluator: Any,
+    texts: list[str],
+    views: Any,
+    valid: Any,
+    att: Any,
+    stop_words: frozenset[str],
+    proposer: Any,
+    timer: _Timer,
+) -> tuple[dict[str, Any], list[str]]:
+    """Every configured word probe on the batch's cached view features."""
+    from debias3d.bias_audit.probes import probe_prompts
+
+    out: dict[str, Any] = {}
+    issues: list[str] = []
+    pc = att.probes
+    for method in att.probe_methods:
+        if method == "contrastive" and proposer is None:
+            continue
+        with timer(f"attribute_{method}"):
+            res = probe_prompts(
+                evaluator,
+                texts,
+                views,
+                valid,
+                method=method,
+                dimension=pc.occlusion_dimension if method == "occlusion" else pc.contrastive_dimension,
+                proposer=proposer,
+                k=pc.k,
+                stop_words=stop_words,
+                internal_batch_size=pc.internal_batch_size,
+                n_boot=pc.n_boot,
+                ci=pc.ci,
+                threshold=pc.threshold,
+            )
+        out[method] = res
+        issues += res.issues
+    return out, issues
+
+
+def _word_rows(
+    j: int, att: Any, words_by_method: dict[str, list[list[Any]]], probe_words: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, tuple[str | None, str | None]]]:
+    """One prompt's word rows (every method's score) and each method's ``(w_h, w_l)``.
+
+    Gradient words (merged from tokens) and probe words (split from the text) are matched by
+    their character span; a word a method did not score gets NaN.
+    """
+    from debias3d.bias_audit.words import extremes
+
+    base: list[Any] = (
+        words_by_method[att.gradient_methods[0]][j]
+        if att.gradient_methods
+        else next(iter(probe_words.values())).words(j)
+        if probe_words
+        else []
+    )
+    rows = []
+    for w in base:
+        rows.append({"word": w.word, "word_index": w.index, "is_stop": bool(w.is_stop), "_start": w.start})
+    picks: dict[str, tuple[str | None, str | None]] = {}
+    for m in att.gradient_methods:
+        ws = words_by_method[m][j]
+        by_start = {w.start: w for w in ws}
+        for r in rows:
+            w = by_start.get(r["_start"])
+            r[f"attr_{m}"] = float(w.attr) if w is not None else math.nan
+        h, lo = extremes(ws)
+        picks[m] = (h.word if h else None, lo.word if lo else None)
+    for m in att.probe_methods:
+        if m not in probe_words:
+            for r in rows:
+                r.update(
+                    {f"attr_{m}": math.nan, f"lo_{m}": math.nan, f"hi_{m}": math.nan, f"verdict_{m}": None}
+                )
+                r[f"ps_{m}"] = []
+            picks[m] = (None, None)
+            continue
+        ws = probe_words[m].words(j)
+        by_start = {w.start: w for w in ws}
+        for r in rows:
+            w = by_start.get(r["_start"])
+            r[f"attr_{m}"] = w.score if w is not None else math.nan
+            r[f"lo_{m}"] = w.lo if w is not None else math.nan
+            r[f"hi_{m}"] = w.hi if w is not None else math.nan
+            r[f"verdict_{m}"] = w.verdict if w is not None else None
+            r[f"ps_{m}"] = [float(x) for x in w.per_sample] if w is not None else []
+        h, lo = extremes(ws, signed=True)
+        picks[m] = (h.word if h else None, lo.word if lo else None)
+    for r in rows:
+        del r["_start"]
+    return rows, picks
 
 
 def _round(obj: Any, digits: int = 6) -> Any:
@@ -311,6 +450,42 @@ def _read_shards(shard_dir: Path) -> list[dict[str, Any]]:
     from debias3d.runs import read_jsonl
 
     return [r for path in sorted(shard_dir.glob("shard-*.jsonl")) for r in read_jsonl(path)]
+
+
+def _word_sample_rows(recs: Sequence[dict[str, Any]], att: Any) -> Any:
+    """One row per (prompt, measurable word, valid sample): the measurer's verdict and every
+    method's score (probes: that sample's drop; gradients: the prompt's ``|attr|``)."""
+    import pandas as pd
+
+    out = []
+    for r in recs:
+        for s in r["samples"]:
+            truth = s.get("truth") or {}
+            if not s.get("valid") or not truth:
+                continue
+            d = int(s["sample"])
+            seen = set()
+            for w in r["words"]:
+                if w["word"] not in truth or w["word"] in seen or w["is_stop"]:
+                    continue
+                seen.add(w["word"])
+                row = {
+                    "prompt_id": r["prompt_id"],
+                    "word": w["word"],
+                    "sample": d,
+                    "shown": bool(truth[w["word"]]),
+                }
+                for m in att.methods:
+                    ps = w.get(f"ps_{m}")
+                    v = (
+                        ps[d]
+                        if ps
+                        else (abs(w.get(f"attr_{m}", math.nan)) if m in att.gradient_methods else math.nan)
+                    )
+                    row[f"score_{m}"] = math.nan if v is None else float(v)
+                out.append(row)
+    cols = ["prompt_id", "word", "sample", "shown", *[f"score_{m}" for m in att.methods]]
+    return pd.DataFrame(out, columns=cols)
 
 
 def _fidelity_from_table(path: str) -> dict[str, float]:
@@ -351,9 +526,14 @@ def merge_shards(
         row.update({f"q_l_{d}": r["q_l"][d] for d in dims})
         row.update({f"spread_{d}": r["spread"][d] for d in dims})
         row.update({"w_h": r["w_h"], "w_l": r["w_l"], "truncated": r["truncated"]})
+        for m in att.methods:
+            h, lo = (r.get("picks") or {}).get(m, (None, None))
+            row.update({f"w_h_{m}": h, f"w_l_{m}": lo})
         prompt_rows.append(row)
         for w in r["words"]:
-            word_rows.append({"prompt_id": r["prompt_id"], **w})
+            word_rows.append(
+                {"prompt_id": r["prompt_id"], **{k: v for k, v in w.items() if not k.startswith("ps_")}}
+            )
         for s in r["samples"]:
             sample_rows.append({"prompt_id": r["prompt_id"], **{k: v for k, v in s.items() if k != "truth"}})
     prompts_df = pd.DataFrame(
@@ -367,10 +547,14 @@ def merge_shards(
             "w_h",
             "w_l",
             "truncated",
+            *[f"w_{s}_{m}" for m in att.methods for s in ("h", "l")],
         ],
     )
     attr_cols = [f"attr_{m}" for m in att.methods]
-    words_df = pd.DataFrame(word_rows, columns=["prompt_id", "word", "word_index", *attr_cols, "is_stop"])
+    probe_cols = [f"{c}_{m}" for m in att.probe_methods for c in ("lo", "hi", "verdict")]
+    words_df = pd.DataFrame(
+        word_rows, columns=["prompt_id", "word", "word_index", *attr_cols, "is_stop", *probe_cols]
+    )
     words_df["word_index"] = words_df["word_index"].astype("int64")
     samples_df = pd.DataFrame(
         sample_rows, columns=["prompt_id", "sample", "seed", "mesh", *[f"score_{d}" for d in dims], "valid"]
@@ -386,10 +570,21 @@ def merge_shards(
         if len(prompts_df)
         else dict.fromkeys(dims, float("nan"))
     )
-    table = global_word_table(words_df, att.primary)
+    from debias3d.bias_audit.words import probe_word_table
+
+    pc = att.probes
+    tables = {
+        m: (
+            probe_word_table(words_df, m, pc.n_boot, pc.ci, pc.threshold)
+            if m in att.probe_methods
+            else global_word_table(words_df, m)
+        )
+        for m in att.methods
+    }
+    table = tables[att.select]
     faith = {
         m: faithfulness_summary([r["deletion"][m] for r in recs if m in r.get("deletion", {})])
-        for m in att.methods
+        for m in att.gradient_methods
     }
     completeness = {}
     if "integrated_gradients" in att.methods:
@@ -429,8 +624,17 @@ def merge_shards(
             k: mods[k] for k in ("spearman", "n_words", "lowest_fidelity", "flagged_as_w_l", "hits")
         }
         gt["source"] = cfg.fidelity_table or "measured on the audit samples (ShapeWorld measurer)"
+        gt["method"] = att.select
+        uses = _word_sample_rows(recs, att)
+        if len(uses):
+            from debias3d.bias_audit.truth import method_truth
+
+            gt["methods"] = method_truth(uses, att.methods, tables, fidelity, n_boot=pc.n_boot, ci=pc.ci)
+            uses.to_parquet(out_dir / "word_samples.parquet", index=False)
 
     content = table[~table["is_stop"].astype(bool)] if len(table) else table
+    if "mean_attr" in content and len(content):
+        content = content[np.isfinite(content["mean_attr"].astype(float))]
     view_results = []
     if view_auditor is not None and len(prompts_df):
         view_results = [v.to_dict() for v in view_auditor.audit(prompts_df["prompt"].tolist())]
@@ -450,9 +654,11 @@ def merge_shards(
         "dimensions": list(dims),
         "q_g": q_g,
         "categories": category_means(prompts_df, dims),
-        "w_h": table["word"].iloc[0] if len(table) else None,
-        "w_l": content["word"].iloc[-1] if len(content) else None,
+        "select": att.select,
+        "w_h": content["word"].iloc[0] if len(content) else None,
+        "w_l": content["word"].iloc[-1] if len(content) > 1 else None,
         "word_table": table.to_dict("records"),
+        "word_tables": {m: t.to_dict("records") for m, t in tables.items() if m != att.select},
         "faithfulness": faith,
         "completeness": completeness,
         "ground_truth": gt,
@@ -591,6 +797,9 @@ def _run_audit(
             estimate_line("audit", len(todo), None, unit=f"prompts x {cfg.samples} samples"),
         )
     stop_words = stop_words_for(cfg)
+    proposer, proposer_issue = build_probe_proposer(cfg, out, stop_words) if todo else (None, None)
+    if proposer_issue:
+        logger.warning("%s", proposer_issue)
     with state.split_between_processes(todo) as mine:
         mine = list(mine)
         if mine:
@@ -609,8 +818,10 @@ def _run_audit(
             t_first = time.perf_counter()
             for b, batch in enumerate(bar):
                 recs = process_batch(
-                    batch, generator, evaluator, cfg, out, len(prompt_set), stop_words, timer
+                    batch, generator, evaluator, cfg, out, len(prompt_set), stop_words, timer, proposer
                 )
+                if proposer_issue and recs:
+                    recs[0].setdefault("issues", []).append(proposer_issue)
                 # a shard line torn by a kill is cut before this append (its prompt is redone)
                 append_jsonl(shard, recs)
                 if b == 0 and len(mine) >= LARGE_AUDIT and state.is_local_main_process:

@@ -19,6 +19,7 @@ integrated gradients are signed, and a large negative value is as significant as
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "merge_tokens",
     "extremes",
     "global_word_table",
+    "probe_word_table",
     "deletion_masks",
     "faithfulness_summary",
     "ground_truth_agreement",
@@ -140,17 +142,28 @@ def merge_tokens(
     return out
 
 
-def extremes(words: Sequence[Word]) -> tuple[Word | None, Word | None]:
-    """``(w_h, w_l)``: the word with the largest ``|attr|`` and the content word with the smallest.
+def extremes(words: Sequence[Any], signed: bool = False) -> tuple[Any | None, Any | None]:
+    """``(w_h, w_l)``: the content words with the largest and the smallest significance.
 
-    ``w_l`` falls back to ``None`` when every word is a stop word. Ties go to the earlier word.
+    Args:
+        words: a prompt's words (anything with ``word``, ``index``, ``attr``, ``is_stop``).
+        signed: rank by ``attr`` itself (word probes: a negative drop is *less* shown than zero)
+            instead of ``|attr|`` (gradients, whose sign is not "shown vs ignored").
+
+    Stop words are never chosen (neither ``w_h`` nor ``w_l``), nor are words without a finite
+    attribution (not probed). ``w_l`` is ``None`` when it would be ``w_h`` (one content word), so
+    a word is never both over-relied on and ignored. Ties go to the earlier word.
     """
-    if not words:
+
+    def sig(w: Any) -> float:
+        return float(w.attr) if signed else abs(float(w.attr))
+
+    content = [w for w in words if not w.is_stop and np.isfinite(w.attr)]
+    if not content:
         return None, None
-    w_h = max(words, key=lambda w: (abs(w.attr), -w.index))
-    content = [w for w in words if not w.is_stop]
-    w_l = min(content, key=lambda w: (abs(w.attr), w.index)) if content else None
-    return w_h, w_l
+    w_h = max(content, key=lambda w: (sig(w), -w.index))
+    w_l = min(content, key=lambda w: (sig(w), w.index))
+    return w_h, (None if w_l is w_h else w_l)
 
 
 def global_word_table(words: Any, method: str, normalize: bool = True) -> Any:
@@ -182,6 +195,56 @@ def global_word_table(words: Any, method: str, normalize: bool = True) -> Any:
     g = g.reset_index().sort_values(["mean_attr", "word"], ascending=[False, True], kind="mergesort")
     g["rank"] = np.arange(1, len(g) + 1)
     return g.reset_index(drop=True)
+
+
+def probe_word_table(
+    words: Any, method: str, n_boot: int = 200, ci: float = 0.9, threshold: float = 0.0, seed: int = 0
+) -> Any:
+    """The set-wide table of a word probe: per word, its mean score drop over prompts with an interval.
+
+    Args:
+        words: the ``words.parquet`` frame with ``attr_<method>`` (per-prompt score drops).
+        method: ``occlusion`` or ``contrastive``.
+        n_boot / ci: bootstrap over the prompts that use the word.
+        threshold: verdict threshold (see :func:`debias3d.bias_audit.probes.verdict`).
+
+    Returns:
+        DataFrame ``word, mean_attr, lo, hi, verdict, n_prompts, is_stop, rank`` sorted by
+        ``mean_attr`` descending (rank 1 = the most clearly shown word); words never probed
+        (stop words) are left out.
+    """
+    import pandas as pd
+
+    from debias3d.bias_audit.probes import verdict
+
+    cols = ["word", "mean_attr", "lo", "hi", "verdict", "n_prompts", "is_stop", "rank"]
+    col = f"attr_{method}"
+    if words is None or len(words) == 0 or col not in words:
+        return pd.DataFrame(columns=cols)
+    own = [c for c in (f"lo_{method}", f"hi_{method}") if c in words]
+    df = words[["prompt_id", "word", "is_stop", col, *own]].copy()
+    df = df[np.isfinite(df[col].astype(float))]
+    agg = {"v": (col, "mean"), "is_stop": ("is_stop", "first")}
+    if len(own) == 2:
+        agg.update(lo=(own[0], "min"), hi=(own[1], "max"))
+    per = df.groupby(["word", "prompt_id"], sort=True).agg(**agg)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for word, g in per.groupby(level=0, sort=True):
+        v = g["v"].to_numpy(dtype=float)
+        if len(v) > 1:
+            means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+            lo, hi = float(np.quantile(means, (1 - ci) / 2)), float(np.quantile(means, 1 - (1 - ci) / 2))
+        elif "lo" in g:  # one prompt: its own interval (over samples and alternatives)
+            lo, hi = float(g["lo"].iloc[0]), float(g["hi"].iloc[0])
+        else:
+            lo = hi = math.nan
+        vd = verdict(lo, hi, threshold)
+        rows.append([word, float(v.mean()), lo, hi, vd, len(v), bool(g["is_stop"].iloc[0])])
+    t = pd.DataFrame(rows, columns=cols[:-1])
+    t = t.sort_values(["mean_attr", "word"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
+    t["rank"] = np.arange(1, len(t) + 1)
+    return t
 
 
 def deletion_masks(
@@ -284,7 +347,7 @@ def ground_truth_agreement(
     Returns:
         ``spearman`` (ρ between mean attribution and fidelity; the paper's claim predicts ρ > 0:
         low gradient ↔ low fidelity), ``n_words``, ``lowest_fidelity`` (the k words),
-        ``flagged_as_w_l`` (which of them are some prompt's ``w_l``), ``hits`` = their count,
+        ``flagged_as_w_l`` (which of them are some prompt's ``w_l``; words of fidelity 1 are never listed), ``hits`` = their count,
         and ``per_word`` rows.
     """
     sel = set(words) if words is not None else None
@@ -302,7 +365,10 @@ def ground_truth_agreement(
         )
     rho = spearman([r["mean_attr"] for r in rows], [r["fidelity"] for r in rows])
     flagged = set(w_l_words)
-    low = [r["word"] for r in sorted(rows, key=lambda r: (r["fidelity"], r["word"]))[:k]]
+    # a word the generator always shows is not "low fidelity", however few words fall below 1
+    low = [r["word"] for r in sorted(rows, key=lambda r: (r["fidelity"], r["word"])) if r["fidelity"] < 1.0][
+        :k
+    ]
     hits = [w for w in low if w in flagged]
     return {
         "spearman": None if np.isnan(rho) else rho,

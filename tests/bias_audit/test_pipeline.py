@@ -22,7 +22,9 @@ DIMS = ("alignment", "geometry", "texture", "overall")
 
 
 def _cfg(**kw):
-    att = AttributionConfig(methods=("grad", "integrated_gradients"), n_steps=4, batch_size=2)
+    att = AttributionConfig(
+        methods=("grad", "integrated_gradients", "occlusion", "contrastive"), n_steps=4, batch_size=2
+    )
     return AuditConfig(samples=2, attribution=att, **kw)
 
 
@@ -56,6 +58,7 @@ def test_output_contract(audit):
         "w_h",
         "w_l",
         "truncated",
+        *[f"w_{s}_{m}" for m in ("grad", "integrated_gradients", "occlusion", "contrastive") for s in "hl"],
     ]
     assert list(p.columns) == expected
     assert len(p) == 3
@@ -66,7 +69,10 @@ def test_output_contract(audit):
         "word_index",
         "attr_grad",
         "attr_integrated_gradients",
+        "attr_occlusion",
+        "attr_contrastive",
         "is_stop",
+        *[f"{c}_{m}" for m in ("occlusion", "contrastive") for c in ("lo", "hi", "verdict")],
     ]
     assert set(w["prompt_id"]) == set(p["prompt_id"])
     assert "<script>" not in set(w["word"]) and "script" in set(w["word"])
@@ -81,11 +87,20 @@ def test_output_contract(audit):
     assert set(summary["q_g"]) == set(DIMS)
     assert summary["faithfulness"]["grad"]["n_prompts"] >= 1
     assert "timings" not in summary
-    # w_l is never a stop word; w_h is the largest word
+    # select defaults to the contrastive probe; w_h / w_l are never stop words and never the same
+    assert summary["select"] == "contrastive"
     for r in p.itertuples():
-        ws = w[w.prompt_id == r.prompt_id]
-        assert r.w_h == ws.loc[ws["attr_grad"].abs().idxmax(), "word"]
-        assert not ws[ws.word == r.w_l]["is_stop"].any()
+        ws = w[(w.prompt_id == r.prompt_id) & ~w.is_stop]
+        assert r.w_h == r.w_h_contrastive == ws.loc[ws["attr_contrastive"].idxmax(), "word"]
+        assert r.w_l == ws.loc[ws["attr_contrastive"].idxmin(), "word"] != r.w_h
+        assert r.w_h_grad == ws.loc[ws["attr_grad"].abs().idxmax(), "word"]  # the gradient's pick, beside it
+    probed = w[~w.is_stop & w.attr_contrastive.notna()]
+    assert len(probed) and (probed.lo_contrastive <= probed.attr_contrastive + 1e-12).all()
+    assert (probed.attr_contrastive <= probed.hi_contrastive + 1e-12).all()
+    assert set(probed.verdict_contrastive) <= {"shown", "ignored", "unclear"}
+    assert w[w.is_stop].attr_contrastive.isna().all()  # stop words are not probed
+    # "script" and "now" have no ShapeWorld class: one line each, naming prompt and word
+    assert any("word 'script'" in i and "no substitutes" in i for i in summary["issues"])
 
 
 def test_bad_inputs_are_one_line_issues(audit):
@@ -155,7 +170,7 @@ def test_ground_truth_and_view_contradictions(evaluator, tmp_path):
     )
     prompts = ["a red vase", "a tall blue vase", "a spiky green tree", "a small yellow cup"]
     cfg = _cfg(heatmaps=False)
-    cfg.attribution.methods = ("grad",)
+    cfg.attribution = AttributionConfig(methods=("grad", "contrastive"), batch_size=2)
     out = tmp_path / "gt"
     s = run_audit(
         prompts,
@@ -167,7 +182,12 @@ def test_ground_truth_and_view_contradictions(evaluator, tmp_path):
     )
     gt = s["ground_truth"]
     assert gt is not None and gt["n_words"] >= 4
-    assert set(gt["lowest_fidelity"]) <= {r["word"] for r in gt["per_word"]}
+    assert set(gt["lowest_fidelity"]) <= {r["word"] for r in gt["per_word"] if r["fidelity"] < 1.0}
+    assert set(gt["methods"]) == {"grad", "contrastive"} and gt["method"] == "contrastive"
+    for r in gt["methods"].values():
+        assert r["n_uses"] >= 4 and r["auc"] is None or 0.0 <= r["auc"] <= 1.0
+    uses = pd.read_parquet(out / "word_samples.parquet")
+    assert {"prompt_id", "word", "sample", "shown", "score_grad", "score_contrastive"} <= set(uses.columns)
     # built by the ShapeWorld builder itself: every colour word is shown
     assert all(
         r["fidelity"] == 1.0 for r in gt["per_word"] if r["word"] in ("red", "blue", "green", "yellow")

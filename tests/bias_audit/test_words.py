@@ -82,8 +82,11 @@ def test_extremes_uses_stop_words_and_magnitude():
     w_h, w_l = extremes(ws)
     assert w_h.word == "red"  # |−0.9| is the largest
     assert w_l.word == "neck"  # the smallest content word, not the stop word "with"
-    assert extremes([_w("a", 1.0, 0, True)]) == (_w("a", 1.0, 0, True), None)
+    assert extremes([_w("a", 1.0, 0, True)]) == (None, None)  # a stop word is never w_h
+    assert extremes([_w("a", 9.0, 0, True), _w("red", 0.5, 1)]) == (_w("red", 0.5, 1), None)  # never both
     assert extremes([]) == (None, None)
+    signed = [_w("red", -0.9, 0), _w("vase", 0.5, 1), _w("tall", float("nan"), 2)]
+    assert [w.word for w in extremes(signed, signed=True)] == ["vase", "red"]  # probes: lowest drop = w_l
 
 
 def test_global_word_table():
