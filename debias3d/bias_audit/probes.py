@@ -88,12 +88,15 @@ def bootstrap_interval(
 
 
 def verdict(lo: float, hi: float, threshold: float) -> str:
-    """``shown`` if the interval lies above ``threshold``, ``ignored`` if below, else ``unclear``."""
+    """``shown`` if the interval lies above ``threshold``, ``ignored`` if at or below it, else ``unclear``.
+
+    A drop of exactly the threshold (a word that changes nothing) counts as ignored.
+    """
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "unclear"
     if lo > threshold:
         return "shown"
-    if hi < threshold:
+    if hi <= threshold:
         return "ignored"
     return "unclear"
 
