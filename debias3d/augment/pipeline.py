@@ -19,7 +19,9 @@ main process merges the shards and writes the outputs.
 Dataset columns: prompt, source_prompt, source_prompt_id, w_h, w_l, strategy, pair_type
 (``new_prompt`` | ``source_prompt``), mesh, occupancy (uint8, R^3 flattened, x-major ``[x, y, z]``),
 colors (uint8, R^3 x 3 flattened), resolution, seed, ranker_score_new, ranker_score_orig, winner,
-provenance (JSON string).
+provenance (JSON string), and the other side of the row's duel, x_n: orig_mesh (relative to the audit
+folder), orig_occupancy, orig_colors (null when x_n cannot be voxelised). With ``winner`` they make the
+preference triple (prompt, preferred mesh, rejected mesh) that DPO fine-tuning reads.
 """
 
 from __future__ import annotations
@@ -407,6 +409,28 @@ def _load_mesh(path: Path) -> Any:
     return trimesh.load(path, force="mesh")
 
 
+def _orig_voxels(
+    audit: Path | None, src: Source, resolution: int
+) -> tuple[list[int] | None, list[int] | None]:
+    """x_n's voxels (flattened occupancy, colours) for the preference columns; None when unreadable."""
+    from debias3d.data.shapeworld.voxelize import mesh_to_voxels
+
+    if audit is None:
+        return None, None
+    try:
+        grid = mesh_to_voxels(_load_mesh(inside(audit, src.mesh, "mesh path")), resolution)
+    except (ValueError, OSError, IndexError, KeyError) as err:
+        logger.warning(
+            "x_n %s of %s cannot be voxelised (%s); its rows have no orig_* voxels",
+            src.mesh,
+            src.prompt_id,
+            err,
+        )
+        return None, None
+    a = grid.to_arrays()
+    return a["occupancy"].reshape(-1).tolist(), a["colors"].reshape(-1).tolist()
+
+
 def _run_original(src: Source, key: str, audit: Path, comps: Components, store: JobStore) -> dict[str, Any]:
     def fn() -> tuple[str, dict[str, Any]]:
         path = inside(audit, src.mesh, "mesh path")
@@ -551,6 +575,9 @@ def _features(resolution: int) -> Any:
             "ranker_score_orig": Value("float64"),
             "winner": Value("bool"),
             "provenance": Value("string"),
+            "orig_mesh": Value("string"),
+            "orig_occupancy": Sequence(Value("uint8"), length=resolution**3),
+            "orig_colors": Sequence(Value("uint8"), length=resolution**3 * 3),
         }
     )
 
@@ -588,6 +615,7 @@ def _merge(
     timing: dict[str, float],
     bookkeeping_s: float,
     skipped: Sequence[dict[str, Any]] = (),
+    audit: Path | None = None,
 ) -> dict[str, Any]:
     """Build the dataset, rejected.jsonl and summary.json from all records (main process).
 
@@ -640,6 +668,7 @@ def _merge(
         rejected.append(dict(d))
 
     rows: list[dict[str, Any]] = []
+    orig_vox: dict[str, tuple[list[int] | None, list[int] | None]] = {}
     wins = losses = failed = 0
     src_items: dict[str, Counter[str]] = {}
     for it in items:
@@ -672,6 +701,9 @@ def _merge(
         if not pairs:
             continue
         vox = decode_voxels(r["voxels"])
+        if src.prompt_id not in orig_vox:
+            orig_vox[src.prompt_id] = _orig_voxels(audit, src, cfg.visual.resolution)
+        o_occ, o_col = orig_vox[src.prompt_id]
         occ = vox["occupancy"].reshape(-1).tolist()
         col = vox["colors"].reshape(-1).tolist()
         prov = json.dumps(
@@ -716,6 +748,9 @@ def _merge(
                     "ranker_score_orig": d.score_orig,
                     "winner": d.winner,
                     "provenance": prov,
+                    "orig_mesh": src.mesh,
+                    "orig_occupancy": o_occ,
+                    "orig_colors": o_col,
                 }
             )
     if not cfg.progress:
@@ -928,7 +963,9 @@ def _run_augment(
     if state.is_main_process:
         settings = comps.writer_settings()
         timing = {"setup_s": t_sem - t0, "semantic_s": t_vis - t_sem, "visual_s": t_merge - t_vis}
-        summary = _merge(sem, items, dups, out, cfg, settings, run_id, timing, store.bookkeeping_s, skipped)
+        summary = _merge(
+            sem, items, dups, out, cfg, settings, run_id, timing, store.bookkeeping_s, skipped, audit=audit
+        )
         if cfg.report:
             from debias3d.augment.report import write_report
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_TARGETS",
+    "DpoSettings",
     "FinetuneConfig",
     "LoraSettings",
     "DataSettings",
@@ -236,6 +237,23 @@ class TrainSettings:
             )
 
 
+OBJECTIVE_NAMES: tuple[str, ...] = ("sft", "dpo")
+
+
+@dataclass
+class DpoSettings:
+    """Preference fine-tuning (``objective: dpo``, Diffusion-DPO on the flow-matching loss)."""
+
+    beta: float = field(
+        default=500.0,
+        metadata={"help": "β of −log σ(−β/2·Δ): how far the policy may move from the reference"},
+    )
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"DpoSettings.beta must be > 0, got {self.beta}")
+
+
 @dataclass
 class FinetuneConfig:
     """Everything ``debias3d finetune`` needs.
@@ -251,14 +269,28 @@ class FinetuneConfig:
     generator_path: str | None = field(
         default=None, metadata={"help": "weights folder / TRELLIS id (null = default)"}
     )
+    objective: str = field(
+        default="sft",
+        metadata={"help": "sft (supervised, winning pairs) or dpo (preference, winner vs loser pairs)"},
+    )
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    dpo: DpoSettings = field(default_factory=DpoSettings)
 
     def __post_init__(self) -> None:
         if self.generator not in ("mini-trellis", "trellis"):
             raise ValueError(
                 f"FinetuneConfig.generator must be 'mini-trellis' or 'trellis', got {self.generator!r}"
+            )
+        if self.objective not in OBJECTIVE_NAMES:
+            raise ValueError(
+                f"FinetuneConfig.objective must be one of {', '.join(OBJECTIVE_NAMES)}, got {self.objective!r}"
+            )
+        if self.objective == "dpo" and (self.generator == "trellis" or self.train.full_finetune):
+            raise ValueError(
+                "FinetuneConfig.objective 'dpo' needs generator 'mini-trellis' with a LoRA adapter "
+                "(the reference is the base with the adapter disabled; no full_finetune)"
             )
         # Weights of stages that are not trained are ignored; a name no stage has is a typo.
         unknown = set(self.train.stage_weights) - {"stage1", "stage2"} - set(self.lora.stages)

@@ -20,7 +20,8 @@ Recipe, step by step (as in the diffusers script):
 7. Save the final adapter in ``out/`` (the folder ``PeftModel.from_pretrained`` and
    ``debias3d generate --adapter`` read).
 
-Objective: exactly the pre-training loss, imported from
+Objective (``finetune.objective``, :mod:`debias3d.finetune.objectives`): ``sft`` is exactly the
+pre-training loss below; ``dpo`` is Diffusion-DPO on Algorithm 1's winner / loser pairs. ``sft``:
 :func:`debias3d.models.backbone.train.stage_loss` (logit-normal t, condition dropout
 ``p_uncond``, velocity MSE; stage 2 masked over active voxels), summed over the adapted stages with
 ``stage_weights``. Noise, t and dropout come from a generator seeded by
@@ -364,7 +365,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
 
     from debias3d.config import dump_config
 
-    from .data import DataError, build_training_set, check_dataset
+    from .data import DataError, check_dataset
     from .lora import add_lora, flow_container, load_generator, write_adapter_info
 
     tc = cfg.train
@@ -408,8 +409,11 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
         # ss_latents/ + latents/ .npz files joined with the metadata captions (trellis_latents.py)
         train_set = build_trellis_latent_set(cfg.data, cfg.lora.stages, flows)
     else:
+        from .objectives import get_objective
+
+        # objective: sft → winning pairs (+ replay); dpo → (prompt, winner, loser) triples
         resolution = getattr(flows.get("stage1"), "resolution", None)
-        train_set = build_training_set(cfg.data, resolution=resolution)
+        train_set = get_objective(cfg.objective).training_set(cfg.data, resolution)
     if main:
         logger.info(
             "training rows: %d pairs + %d replay (%s skipped)",
@@ -423,8 +427,6 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
         # TRELLIS's own objective on its latents: dense (B, 8, 16³) stage 1, SparseTensor stage 2,
         # CLIP text features from the pipeline's encoder.
         stage_loss = TrellisLatentLoss(train_set, generator, tc)
-    else:
-        stage_loss = _mini_stage_loss(train_set, generator, cfg)
     if tc.full_finetune:
         model: nn.Module = flow_container(generator)
         model.requires_grad_(False)
@@ -432,6 +434,9 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
             model[s].requires_grad_(True)
     else:
         model = add_lora(generator, cfg.lora)
+    if not trellis:
+        # after add_lora: dpo's reference is this model with its adapter disabled
+        stage_loss = get_objective(cfg.objective).stage_loss(train_set, generator, cfg, model)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
