@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         audit_command(
             args.prompts, args.config, args.overrides, args.out, args.resume, args.view_contradictions
         )
-    except (ConfigError, PromptFileError, FileNotFoundError) as e:
+    except (
+        ConfigError,
+        PromptFileError,
+        FileNotFoundError,
+        ImportError,
+    ) as e:  # ImportError: a backend's install hint
         sys.stderr.write(f"error: {e}\n")
         return 1
     return 0

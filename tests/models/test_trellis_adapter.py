@@ -283,3 +283,18 @@ def test_missing_trellis_gives_install_hint(monkeypatch):
     )
     with pytest.raises(TrellisNotInstalledError):
         TrellisGenerator.check_available()
+
+
+def test_audit_command_without_trellis_is_one_line(monkeypatch, tmp_path, capsys):
+    """``accelerate launch -m debias3d.bias_audit`` with ``generator: trellis`` and no TRELLIS: one
+    line with the install steps, no traceback."""
+    from debias3d.bias_audit.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "trellis", None)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red vase\n")
+    rc = main(["--prompts", str(prompts), "--out", str(tmp_path / "o"), "generator=trellis", "device=cpu",
+               "samples=1", "report=false", "heatmaps=false"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("error: The 'trellis' generator needs Microsoft TRELLIS")
+    assert "Traceback" not in "\n".join(err)
