@@ -362,18 +362,8 @@ class TrellisGenerator(GeneratorBase):
         return {stage: m[key] for stage, key in FLOW_MODEL_KEYS.items()}
 
     # --------------------------------------------------------------------------- adapters / IO
-    def load_adapter(self, path: str | os.PathLike, merge: bool = True) -> TrellisGenerator:
-        """Apply a LoRA adapter written by ``debias3d finetune`` (merged into the weights by default)."""
-        from debias3d.finetune.lora import apply_adapter
-
-        return apply_adapter(self, path, merge=merge)
-
-    def merge_adapter(self, out_dir: str | os.PathLike) -> Path:
-        """Write the current (adapter-merged) weights as a TRELLIS model folder (:meth:`save_pretrained`)."""
-        if "adapter" not in self.metadata:
-            raise ValueError("trellis generator: no adapter loaded (call load_adapter first)")
-        return self.save_pretrained(out_dir)
-
+    # load_adapter / merge_adapter: GeneratorBase's (peft, SparseLinear layers included); merging
+    # writes the TRELLIS folder below through save_pretrained.
     def _pretrained_args(self) -> dict[str, Any]:
         args = getattr(self.pipeline, "_pretrained_args", None)
         if isinstance(args, dict):

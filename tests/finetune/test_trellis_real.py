@@ -208,6 +208,14 @@ def test_train_fp16_blocks_save_reload_merge_trellis_format(base_dir, tmp_path):
         "slat_flow_model": "ckpts/slat_flow_tiny_fp16",
         "sparse_structure_decoder": str((base_dir / "ckpts" / "ss_dec_tiny").resolve()),  # from the base
     }
+    assert json.loads((merged / "merge_record.json").read_text())["merged_from"] == str(tmp_path / "ft")
+    # the generator contract, adapter loaded unmerged then merged on write: the same files
+    from safetensors.torch import load_file
+
+    merged2 = _gen(base_dir).load_adapter(tmp_path / "ft", merge=False).merge_adapter(tmp_path / "merged2")
+    for name in ("ss_flow_tiny_fp16", "slat_flow_tiny_fp16"):
+        a, b = (load_file(str(d / "ckpts" / f"{name}.safetensors")) for d in (merged, merged2))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in (merged / "ckpts").iterdir()) == [
         "slat_flow_tiny_fp16.json", "slat_flow_tiny_fp16.safetensors",
         "ss_flow_tiny_fp16.json", "ss_flow_tiny_fp16.safetensors",
