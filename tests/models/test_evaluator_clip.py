@@ -323,6 +323,9 @@ def test_convert_checkpoint_then_load_gives_identical_scores(model, clip_dir, tm
     assert sorted(p.name for p in (out / "clip").iterdir()) == sorted(
         p.name for p in clip_dir.iterdir() if p.name != "model.safetensors"
     )
+    from debias3d.registry import find
+
+    assert find("evaluator", "hyperscore-clip") is CLIPHyperScore  # what evaluator_weights feeds
     fresh = CLIPHyperScore.from_pretrained(
         out,
         n_ctx=CFG.n_ctx,
