@@ -447,6 +447,10 @@ def demo(
         bool,
         typer.Option(help="Also run the strategies only_wh, only_wl, random_words with the same budget."),
     ] = False,
+    mitigations: Annotated[
+        bool,
+        typer.Option(help="Compare base, SFT, DPO, refocusing and SFT + refocusing from one audit instead."),
+    ] = False,
     config: ConfigOpt = None,
     overrides: OverridesOpt = None,
 ) -> None:
@@ -454,8 +458,15 @@ def demo(
     from debias3d.demo import demo_command
 
     with _user_errors():
-        demo_command(out, quick=quick, ablations=ablations, config=config, overrides=overrides or [])
-    typer.echo(f"demo: open {out / 'report.html'}")
+        demo_command(
+            out,
+            quick=quick,
+            ablations=ablations,
+            config=config,
+            overrides=overrides or [],
+            mitigations=mitigations,
+        )
+    typer.echo(f"demo: open {out / ('mitigations.html' if mitigations else 'report.html')}")
 
 
 @report_app.command("heatmap")

@@ -40,6 +40,7 @@ from typing import Any
 from debias3d.augment.config import AugmentConfig
 from debias3d.bias_audit.config import AuditConfig
 from debias3d.eval.config import EvalConfig
+from debias3d.eval.mitigations import MitigationSettings
 from debias3d.finetune.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class DemoConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "stage 2: augmentation"})
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig, metadata={"help": "stage 3: LoRA"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "stage 4: evaluation"})
+    mitigations: MitigationSettings = field(
+        default_factory=MitigationSettings, metadata={"help": "--mitigations: refocusing / DPO settings"}
+    )
 
     def __post_init__(self) -> None:
         self.ablation_strategies = tuple(self.ablation_strategies)
@@ -408,6 +412,7 @@ def demo_command(
     ablations: bool = False,
     config: str | os.PathLike | None = None,
     overrides: Sequence[str] | None = None,
+    mitigations: bool = False,
 ) -> dict[str, Any]:
     """CLI body of ``debias3d demo [--quick] [--ablations] [--config C] --out O [key=value ...]``.
 
@@ -415,4 +420,11 @@ def demo_command(
         debias3d.config.ConfigError: bad config file or override (one line).
         FileNotFoundError: shipped weights missing (the message names the folder).
     """
+    if mitigations:
+        # base / SFT / DPO / refocusing / SFT + refocusing from one audit (eval/mitigations.py)
+        from debias3d.config import load_config
+        from debias3d.eval.mitigations import run_mitigations
+
+        path = config if config is not None else default_config_path(quick)
+        return run_mitigations(out, load_config(DemoConfig, path, list(overrides or [])))
     return run_demo(out, quick=quick, ablations=ablations, config=config, overrides=overrides)

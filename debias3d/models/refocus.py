@@ -45,6 +45,7 @@ __all__ = [
     "RefocusError",
     "RefocusReport",
     "Refocuser",
+    "RefocusedGenerator",
     "parse_refocus",
     "word_token_positions",
     "register_text_side",
@@ -439,3 +440,48 @@ def targets_from_audit(audit_dir: Any, factor: float, prompts: Sequence[str] | N
         if isinstance(wl, str) and wl.strip():
             out.setdefault(str(prompt), {})[wl.strip()] = float(factor)
     return out
+
+
+class RefocusedGenerator:
+    """A generator that refocuses ``words`` wherever they occur in the prompts it is asked for.
+
+    Every other attribute is the wrapped generator's, so it drops into anything that calls
+    ``generate(prompts, seeds, num_samples, ...)`` (the evaluation, the demo). Prompts that contain
+    none of the words sample unchanged. ``reports`` keeps each call's :class:`RefocusReport`.
+
+    Args:
+        generator: the generator to wrap.
+        words: words to refocus (e.g. the audit's neglected words).
+        factor: attention factor (> 0; capped by ``config.max_factor``).
+        config: :class:`RefocusConfig`.
+    """
+
+    def __init__(
+        self, generator: Any, words: Sequence[str], factor: float, config: RefocusConfig | None = None
+    ):
+        self.generator = generator
+        self.words = sorted({w.strip() for w in words if w and w.strip()})
+        self.factor = _check_factor("factor", factor)
+        self.config = config or RefocusConfig()
+        self.reports: list[RefocusReport] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.generator, name)
+
+    def targets(self, prompts: Sequence[str]) -> dict[str, dict[str, float]]:
+        """prompt → {word: factor} for the words that occur in it."""
+        out: dict[str, dict[str, float]] = {}
+        for p in dict.fromkeys(prompts):
+            hit = {w: self.factor for w in self.words if _word_spans(p, w)}
+            if hit:
+                out[p] = hit
+        return out
+
+    def generate(self, prompts: Sequence[str], *args: Any, **kwargs: Any) -> list:
+        targets = self.targets(prompts)
+        if not targets:
+            return self.generator.generate(prompts, *args, **kwargs)
+        with Refocuser(self.generator, targets, self.config, strict=False) as rf:
+            out = self.generator.generate(prompts, *args, **kwargs)
+        self.reports.append(rf.report)
+        return out
