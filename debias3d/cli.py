@@ -296,8 +296,14 @@ def audit(
             resume=resume,
             view_contradictions=view_contradictions,
         )
-    n = summary.get("n_prompts", "?") if isinstance(summary, dict) else "?"
-    typer.echo(f"audit: {n} prompts -> {out / 'report.html'}")
+    outcome = summary.get("outcome") if isinstance(summary, dict) else None
+    if outcome:
+        typer.echo(f"audit: {outcome['line']} -> {out / 'report.html'}")
+        if not outcome["audited"]:
+            raise _fail("no prompt could be audited (see issues in summary.json)", code=3)
+    else:
+        n = summary.get("n_prompts", "?") if isinstance(summary, dict) else "?"
+        typer.echo(f"audit: {n} prompts -> {out / 'report.html'}")
 
 
 augment_app = typer.Typer(

@@ -445,6 +445,10 @@ def write_report(audit_dir: str | Path, max_prompts: int = 200) -> Path:
     }
     probes_cfg = att.get("probes", {}) or {}
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
+    # a value missing because no prompt was audited (None / NaN) reads "n/a" instead of a TypeError
+    env.filters["format"] = lambda fmt, *args: (
+        "n/a" if any(a is None or (isinstance(a, float) and a != a) for a in args) else fmt % args
+    )
     html_text = env.from_string(_TEMPLATE).render(
         n_prompts=len(prompts),
         samples=cfg.get("samples"),

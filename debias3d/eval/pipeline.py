@@ -173,6 +173,26 @@ def load_generator(
     return build_generator(spec, text_encoder=text_encoder, adapter=adapter)
 
 
+def check_adapter(adapter: str | os.PathLike) -> Path:
+    """Cheap, certain checks of an adapter folder, run before any model is evaluated.
+
+    Raises:
+        FileNotFoundError: not an adapter folder.
+        ValueError: a malformed ``adapter_config.json`` or a truncated ``adapter_model.safetensors``
+            (one line naming the file).
+    """
+    from debias3d.models.generator import check_adapter_dir
+    from debias3d.models.persistence import load_safetensors
+
+    d = check_adapter_dir(adapter)
+    conf = read_json(d / "adapter_config.json")
+    if not isinstance(conf, dict) or "r" not in conf or "target_modules" not in conf:
+        raise ValueError(f"{d / 'adapter_config.json'}: not a LoRA adapter config (no r / target_modules)")
+    if not load_safetensors(d / "adapter_model.safetensors"):
+        raise ValueError(f"{d / 'adapter_model.safetensors'}: holds no tensors")
+    return d
+
+
 # ------------------------------------------------------------------------------------------------
 # One model
 # ------------------------------------------------------------------------------------------------
@@ -548,17 +568,82 @@ def summarize(runs: Sequence[ModelRun], cfg: EvalConfig) -> tuple[dict[str, Any]
             "frequent": _pts(fidelity[after]["frequent"] - fidelity[base.name]["frequent"]),
         }
         summary["evaluator_overall_categories"] = imp
-        summary["targets"] = {
-            "neglected_gain_points": {"value": gain, "target": f">= {TARGETS['neglected_gain_points']:g}",
-                                      "met": bool(math.isfinite(gain) and gain >= TARGETS["neglected_gain_points"])},
-            "rest_drop_points": {"value": drop, "target": f"<= {TARGETS['rest_drop_points']:g}",
-                                 "met": bool(math.isfinite(drop) and drop <= TARGETS["rest_drop_points"])},
-            "evaluator_overall_categories": {
-                "value": imp["improved"], "of": imp["of"], "target": f">= {TARGETS['evaluator_overall_categories']}",
-                "met": bool(imp["improved"] is not None and imp["improved"] >= TARGETS["evaluator_overall_categories"]),
-            },
-        }  # fmt: skip
+        summary["targets"] = decide_targets(
+            base.verdicts, runs[1].verdicts, neglected, rest, tables["mate3d"], kw
+        )
     return summary, tables
+
+
+def _paired_share_ci(
+    before: pd.DataFrame, after: pd.DataFrame, words: Sequence[str], kw: dict[str, Any]
+) -> Any:
+    """Bootstrap CI (points) of the change in the share of word uses shown, paired on the same uses.
+
+    Both models saw the same prompts and seeds, so a use (prompt, sample, object, word) is one pair.
+    """
+    from debias3d.eval.stats import CI, bootstrap_diff_ci
+
+    if before.empty or after.empty or not words:
+        return CI(math.nan, math.nan, math.nan, 0)
+    keys = [
+        k for k in ("prompt_index", "sample", "object_index", "kind", "word") if k in before and k in after
+    ]
+    sel = set(words)
+    a = before[before["word"].isin(sel)][[*keys, "shown"]]
+    b = after[after["word"].isin(sel)][[*keys, "shown"]]
+    m = a.merge(b, on=keys, how="inner", suffixes=("_a", "_b"))
+    if m.empty:
+        return CI(math.nan, math.nan, math.nan, 0)
+    ci = bootstrap_diff_ci(m["shown_a"].astype(float), m["shown_b"].astype(float), paired=True, **kw)
+    return CI(100 * ci.mean, 100 * ci.lo, 100 * ci.hi, ci.n)
+
+
+def decide_targets(
+    before: pd.DataFrame,
+    after: pd.DataFrame,
+    neglected: Sequence[str],
+    rest: Sequence[str],
+    mate3d: pd.DataFrame,
+    kw: dict[str, Any],
+) -> dict[str, Any]:
+    """Every target decided on its interval, never on a point estimate.
+
+    * neglected-word gain (after − before, points): met when the interval's *lower* bound clears the bar;
+    * change on the rest (after − before, points; negative = a drop): met when the lower bound is
+      above ``-bar``, i.e. a drop larger than the bar is ruled out;
+    * categories whose evaluator overall rose: counted only where the paired delta's lower bound > 0.
+    """
+    g = _paired_share_ci(before, after, neglected, kw)
+    r = _paired_share_ci(before, after, rest, kw)
+    gain_bar, drop_bar = TARGETS["neglected_gain_points"], TARGETS["rest_drop_points"]
+    cats = mate3d[(mate3d.get("dimension") == "overall")] if "dimension" in mate3d else mate3d.iloc[0:0]
+    from debias3d.eval.benchmarks import NO_CATEGORY
+
+    if "delta_lo" in cats:
+        cats = cats[
+            (cats["category"] != "all") & (cats["category"] != NO_CATEGORY) & cats["delta_lo"].notna()
+        ]
+    n_sure = int((cats["delta_lo"] > 0).sum()) if "delta_lo" in cats else None
+    n_cats = len(cats) if "delta_lo" in cats else None
+    cat_bar = TARGETS["evaluator_overall_categories"]
+
+    def iv(ci: Any) -> list[float]:
+        return [ci.lo, ci.hi]
+
+    return {
+        "neglected_gain_points": {
+            "value": g.mean, "ci": iv(g), "n": g.n, "target": f">= {gain_bar:g} (lower bound)",
+            "met": bool(math.isfinite(g.lo) and g.lo >= gain_bar),
+        },
+        "rest_change_points": {
+            "value": r.mean, "ci": iv(r), "n": r.n, "target": f">= -{drop_bar:g} (lower bound; negative = a drop)",
+            "met": bool(math.isfinite(r.lo) and r.lo >= -drop_bar),
+        },
+        "evaluator_overall_categories": {
+            "value": n_sure, "of": n_cats, "target": f">= {cat_bar} (categories whose delta interval is above 0)",
+            "met": bool(n_sure is not None and n_sure >= cat_bar),
+        },
+    }  # fmt: skip
 
 
 def _jsonable(obj: Any) -> Any:
@@ -622,6 +707,8 @@ def run_eval(
     import torch
 
     cfg = cfg or EvalConfig()
+    if adapter is not None and finetuned_generator is None:
+        check_adapter(adapter)  # before the base model costs any time
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:
@@ -672,8 +759,15 @@ def _log_headline(summary: dict[str, Any]) -> None:
             name, _fmt(f["overall"]["mean"]), _fmt(f["neglected"]), _fmt(f["rest"]),
         )  # fmt: skip
     for key, t in (summary.get("targets") or {}).items():
+        ci = t.get("ci")
+        interval = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
         logger.info(
-            "target %s: %s (%s) -> %s", key, _fmt(t["value"]), t["target"], "met" if t["met"] else "NOT met"
+            "target %s: %s%s (%s) -> %s",
+            key,
+            _fmt(t["value"]),
+            interval,
+            t["target"],
+            "met" if t["met"] else "NOT met",
         )
 
 

@@ -252,9 +252,10 @@ def lead_sentence(summary: dict[str, Any]) -> str:
 def target_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The targets as template rows."""
     names = {
-        "neglected_gain_points": "neglected-word fidelity gain (points)",
+        "neglected_gain_points": "neglected-word fidelity gain, after − before (points)",
+        "rest_change_points": "fidelity change on the rest, after − before (points; negative = a drop)",
         "rest_drop_points": "fidelity drop on the rest (points)",
-        "evaluator_overall_categories": "categories where evaluator overall rose",
+        "evaluator_overall_categories": "categories where evaluator overall rose (interval above 0)",
     }
     out = []
     for k, t in (summary.get("targets") or {}).items():
@@ -262,7 +263,9 @@ def target_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         if k == "evaluator_overall_categories":
             val = f"{v}/{t.get('of')}" if v is not None else "no categories"
         else:
-            val = fmt(v, 1)
+            val = signed(v, 1)
+            if t.get("ci"):
+                val += f" [{signed(t['ci'][0], 1)}, {signed(t['ci'][1], 1)}] (n = {t.get('n')})"
         out.append({"name": names.get(k, k), "target": t["target"], "value": val, "met": t["met"]})
     return out
 

@@ -65,7 +65,7 @@ def finetune_command(
 
     Raises:
         debias3d.config.ConfigError / debias3d.finetune.data.DataError / ValueError: one-line errors.
-        subprocess.CalledProcessError: the launched run failed.
+        ValueError: the launched run failed (its own error line is printed above).
     """
     from debias3d.config import load_config
 
@@ -76,9 +76,18 @@ def finetune_command(
         overrides.append(f"train.resume_from_checkpoint={resume_from}")
     cfg = load_config(FinetuneConfig, config, overrides)  # validate before launching anything
     if accelerate_config is not None:
+        if not Path(accelerate_config).is_file():
+            raise FileNotFoundError(f"accelerate config {accelerate_config} not found")
+        if cfg.generator != "trellis":
+            from .data import check_dataset
+
+            check_dataset(cfg.data.pairs, "pairs")  # cheap and certain: before starting processes
         cmd = launch_command(config, overrides, out, accelerate_config)
         logger.info("launching: %s", " ".join(cmd))
-        subprocess.run(cmd, check=True)
+        code = subprocess.run(cmd, check=False).returncode
+        if code != 0:
+            # the launched processes printed their own error line above
+            raise ValueError(f"the launched fine-tuning run failed (exit status {code}); see its error above")
         return Path(out)
     from .trainer import finetune
 

@@ -97,7 +97,14 @@ def test_eval_folder_contract(demo):
     assert set(t3["metric"]) == {"quality", "alignment"} and t3["base_mean"].notna().all()
     words = pd.read_csv(e / "tables" / "fidelity_words.csv")
     assert set(s["neglected_words"]) == set(words.loc[words["neglected"], "word"])
-    assert set(s["targets"]) == {"neglected_gain_points", "rest_drop_points", "evaluator_overall_categories"}
+    assert set(s["targets"]) == {
+        "neglected_gain_points",
+        "rest_change_points",
+        "evaluator_overall_categories",
+    }
+    for t in ("neglected_gain_points", "rest_change_points"):  # decided on an interval
+        lo, hi = s["targets"][t]["ci"]
+        assert lo is None or lo <= s["targets"][t]["value"] <= hi
     assert (e / "report.html").is_file() and list((e / "meshes" / "finetuned").glob("*.glb"))
 
 

@@ -1,0 +1,97 @@
+"""Eval targets are decided on intervals: a gain is met only when its lower bound clears the bar."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from debias3d.eval.pipeline import TARGETS, decide_targets
+
+KW = {"n_boot": 500, "ci": 0.95, "seed": 0}
+
+
+def _verdicts(shown: dict[str, list[bool]]) -> pd.DataFrame:
+    rows = []
+    for word, vals in shown.items():
+        for i, v in enumerate(vals):
+            rows.append(
+                {
+                    "prompt_index": i,
+                    "sample": 0,
+                    "object_index": 0,
+                    "kind": "colour",
+                    "word": word,
+                    "shown": v,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _mate3d(deltas: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"category": c, "dimension": "overall", "delta": d, "delta_lo": lo, "delta_hi": hi} for c, (d, lo, hi) in deltas.items()]
+    )  # fmt: skip
+
+
+def test_small_sample_gain_above_the_bar_is_not_met():
+    """4 more correct uses out of 21 is +19 points, but its interval reaches far below 15."""
+    before = _verdicts({"spiky": [False] * 21, "red": [True] * 20})
+    after = _verdicts({"spiky": [True] * 4 + [False] * 17, "red": [True] * 20})
+    t = decide_targets(before, after, ["spiky"], ["red"], _mate3d({}), KW)
+    g = t["neglected_gain_points"]
+    assert g["value"] > TARGETS["neglected_gain_points"] and g["n"] == 21
+    assert g["ci"][0] < TARGETS["neglected_gain_points"] and not g["met"]
+
+
+def test_large_clear_gain_is_met_and_signs_follow_the_label():
+    rng = np.random.default_rng(0)
+    n = 400
+    before = _verdicts({"spiky": list(rng.random(n) < 0.2), "red": [True] * n})
+    after_spiky = [True] * n
+    after = _verdicts({"spiky": after_spiky, "red": [True] * (n - 20) + [False] * 20})
+    t = decide_targets(before, after, ["spiky"], ["red"], _mate3d({}), KW)
+    assert t["neglected_gain_points"]["met"] and t["neglected_gain_points"]["ci"][0] > 15
+    r = t["rest_change_points"]
+    assert r["value"] == -5.0  # the rest dropped by 5 points: a negative change
+    assert not r["met"]  # a drop of more than 2 points is not ruled out
+    better = _verdicts({"spiky": after_spiky, "red": [True] * n})
+    worse_before = _verdicts({"spiky": list(rng.random(n) < 0.2), "red": [True] * (n - 20) + [False] * 20})
+    r2 = decide_targets(worse_before, better, ["spiky"], ["red"], _mate3d({}), KW)["rest_change_points"]
+    assert r2["value"] == 5.0 and r2["met"]  # the rest improved: positive, and met
+
+
+def test_categories_count_only_intervals_above_zero():
+    m = _mate3d({"basic": (0.02, 0.01, 0.03), "refined": (0.02, -0.01, 0.05), "all": (0.1, 0.05, 0.2)})
+    t = decide_targets(_verdicts({}), _verdicts({}), [], [], m, KW)["evaluator_overall_categories"]
+    assert t["value"] == 1 and t["of"] == 2 and not t["met"]
+
+
+def test_eval_size_settings_have_upper_bounds():
+    import pytest
+
+    from debias3d.config import ConfigError, load_config
+    from debias3d.eval.config import EvalConfig
+
+    for override, bound in [("samples=100000000", "must be <= 1024"), ("ranking.level=99", "[0, 4]"),
+                            ("per_category=10000000", "must be <= 10000")]:  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            load_config(EvalConfig, overrides=[override])
+        assert bound in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_adapter_is_refused_before_any_model_runs(tmp_path):
+    import json
+
+    import pytest
+
+    from debias3d.eval.pipeline import check_adapter
+
+    d = tmp_path / "ad"
+    d.mkdir()
+    (d / "adapter_config.json").write_text('{"r": 4, "target_modules": ["to_q"]')
+    (d / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(ValueError, match="adapter_config.json: not valid JSON"):
+        check_adapter(d)
+    (d / "adapter_config.json").write_text(json.dumps({"r": 4, "target_modules": ["to_q"]}))
+    with pytest.raises(ValueError, match="adapter_model.safetensors: not a readable safetensors file"):
+        check_adapter(d)
