@@ -453,6 +453,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
     objective_autocast = autocast_dtype(accelerator)
     objective = FlowMatchingObjective(model, stage_loss, weights, objective_autocast)
     objective.to(accelerator.device)
+    if weight_dtype != torch.float32:
+        keep_norms_fp32(objective)  # TRELLIS's LayerNorm32 / GroupNorm32 normalise in fp32
     # fp16 blocks without a loss scale: accelerate uses this scaler in backward and optimizer.step
     own_scaler = grad_scaler_for(accelerator, objective)
     if own_scaler is not None:
@@ -518,8 +520,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
     objective, optimizer, loader, lr_scheduler = accelerator.prepare(
         objective, optimizer, loader, lr_scheduler
     )
-    if objective_autocast is not None or weight_dtype != torch.float32:
-        keep_norms_fp32(objective)  # after DeepSpeed's cast of the whole module (precision.py)
+    if objective_autocast is not None:
+        keep_norms_fp32(objective)  # again after DeepSpeed's cast of the whole module (precision.py)
 
     updates_per_epoch = math.ceil(len(loader) / tc.gradient_accumulation_steps)
     num_epochs = math.ceil(tc.max_train_steps / updates_per_epoch)
