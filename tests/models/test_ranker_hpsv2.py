@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,7 +90,7 @@ def _upstream_score(open_clip, model, images, prompts):
     return torch.diagonal(out["image_features"] @ out["text_features"].T)
 
 
-def test_real_open_clip_checkpoint_loads_and_scores(open_clip, tmp_path):
+def test_real_open_clip_checkpoint_loads_and_scores(open_clip, tmp_path, monkeypatch):
     ckpt = tmp_path / "HPS_v2.1_compressed.pt"
     model = _checkpoint(open_clip, ckpt)
     r = mod.HPSv2Ranker.from_pretrained(ckpt, architecture=TINY, batch_size=3)
@@ -101,6 +102,17 @@ def test_real_open_clip_checkpoint_loads_and_scores(open_clip, tmp_path):
     for g, w in zip(got, want, strict=True):
         assert torch.allclose(g, w, atol=1e-5)
     # same weights through safetensors
+    # a vocabulary given by $DEBIAS3D_HPSV2_BPE is the one the tokenizer reads
+    bpe = tmp_path / mod.BPE_NAME
+    bpe.write_bytes((Path(open_clip.__file__).parent / mod.BPE_NAME).read_bytes())
+    monkeypatch.setenv("DEBIAS3D_HPSV2_BPE", str(bpe))
+    r_env = mod.HPSv2Ranker(checkpoint=ckpt, architecture=TINY)
+    assert torch.equal(r_env.tokenizer(prompts), open_clip.get_tokenizer("tiny-test")(prompts))
+    assert torch.allclose(r_env.view_scores(views, prompts)[1], got[1], atol=1e-6)
+    bpe.write_bytes(b"not gzip")
+    with pytest.raises(mod.HPSv2Unavailable, match="not a readable BPE vocabulary"):
+        mod.HPSv2Ranker(checkpoint=ckpt, architecture=TINY)
+    monkeypatch.delenv("DEBIAS3D_HPSV2_BPE")
     st = mod.convert_checkpoint(ckpt, tmp_path / "hps.safetensors")
     r2 = mod.HPSv2Ranker(checkpoint=st, architecture=TINY)
     assert torch.allclose(r2.view_scores(views[:1], prompts[:1])[0], got[0], atol=1e-6)

@@ -186,7 +186,6 @@ class HPSv2Ranker(RankerBase):
     """
 
     name = "hpsv2"
-    label = "HPSv2 (OpenCLIP ViT-H-14)"
 
     def __init__(
         self,
@@ -222,7 +221,7 @@ class HPSv2Ranker(RankerBase):
     ) -> tuple[Any, Any]:
         # Cheap checks first: package, vocabulary, file; only then build ViT-H-14 and read weights.
         open_clip = import_open_clip()
-        find_bpe_vocab(open_clip)
+        bpe = find_bpe_vocab(open_clip)
         if checkpoint is None or str(checkpoint) == "":
             raise ValueError(
                 "the 'hpsv2' ranker needs a local checkpoint: set ranker_path to HPS_v2.1_compressed.pt "
@@ -256,7 +255,16 @@ class HPSv2Ranker(RankerBase):
                 f"unexpected {sorted(unexpected)[:4]}"
             )
         self.input_size = int(_image_size(model))
-        return model.to(self.device), open_clip.get_tokenizer(name)
+        tokenizer = open_clip.get_tokenizer(name)
+        if bpe != Path(open_clip.__file__).parent / BPE_NAME:  # $DEBIAS3D_HPSV2_BPE
+            ctx = int(getattr(model, "context_length", 77))
+            try:
+                tokenizer = open_clip.tokenizer.SimpleTokenizer(bpe_path=str(bpe), context_length=ctx)
+            except (OSError, EOFError, ValueError, UnicodeDecodeError) as exc:
+                raise HPSv2Unavailable(
+                    f"{bpe}: not a readable BPE vocabulary ({type(exc).__name__})"
+                ) from exc
+        return model.to(self.device), tokenizer
 
     @torch.no_grad()
     def image_scores(self, images: Tensor, prompts: Sequence[str]) -> Tensor:

@@ -283,9 +283,6 @@ class ImageRewardRanker(RankerBase):
     """
 
     name = "imagereward"
-    label = "ImageReward-v1.0"
-    #: T3Bench's ``× 20 + 50`` quality calibration was made for this ranker's scores.
-    t3bench_calibrated = True
 
     def __init__(
         self,
