@@ -319,7 +319,15 @@ def test_convert_checkpoint_then_load_gives_identical_scores(model, clip_dir, tm
     before = model.score(views, PROMPTS)
     pth = tmp_path / "model.pth"
     torch.save(upstream_state_dict(model), pth)
-    out = convert_hyperscore_checkpoint(pth, tmp_path / "hyperscore", clip_dir)
+    from typer.testing import CliRunner
+
+    from debias3d.cli import app
+
+    out = tmp_path / "hyperscore"
+    res = CliRunner().invoke(
+        app, ["convert-hyperscore", "--checkpoint", str(pth), "--clip", str(clip_dir), "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (out / "clip").iterdir()) == sorted(
         p.name for p in clip_dir.iterdir() if p.name != "model.safetensors"
     )
