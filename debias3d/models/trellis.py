@@ -511,6 +511,8 @@ class TrellisGenerator(GeneratorBase):
                 formats=["gaussian", "mesh"],
             )
             for d in range(num_samples):
+                if len(getattr(out["mesh"][d], "faces", ())) == 0:  # FlexiCubes found no surface
+                    raise ValueError(f"TRELLIS made an empty mesh for {prompt!r} (seed {seed}, sample {d})")
                 mesh = export(out["gaussian"][d], out["mesh"][d])
                 assets.append(
                     Asset(

@@ -298,3 +298,17 @@ def test_audit_command_without_trellis_is_one_line(monkeypatch, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("error: The 'trellis' generator needs Microsoft TRELLIS")
     assert "Traceback" not in "\n".join(err)
+
+
+def test_empty_mesh_is_a_clear_error(fake_trellis):
+    import torch
+
+    from debias3d.models.trellis import TrellisGenerator
+
+    gen = TrellisGenerator(fake_trellis, config=_cfg())
+    empty = sys.modules["trellis.pipelines"].MeshExtractResult(
+        torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.int32)
+    )
+    gen.pipeline.run = lambda *a, **k: {"mesh": [empty], "gaussian": [None]}
+    with pytest.raises(ValueError, match=r"empty mesh for 'a cup' \(seed 1, sample 0\)"):
+        gen.generate(["a cup"], seeds=[1])
