@@ -88,9 +88,8 @@ def import_open_clip() -> Any:
         import open_clip
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
-        raise HPSv2Unavailable(
-            f"the 'hpsv2' ranker needs open_clip_torch (missing: {missing}): {INSTALL_HINT}"
-        ) from exc
+        what = "open_clip_torch" if missing == "open_clip" else f"{missing} (imported by open_clip_torch)"
+        raise HPSv2Unavailable(f"the 'hpsv2' ranker needs {what}: {INSTALL_HINT}") from exc
     except (RuntimeError, OSError) as exc:  # a torchvision built for another torch fails at import
         raise HPSv2Unavailable(
             f"open_clip_torch is installed but cannot be imported ({str(exc).splitlines()[0][:120]}); "
