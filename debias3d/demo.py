@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DemoConfig", "run_demo", "demo_command", "default_config_path"]
 
-_STRATEGIES = ("both", "only_wh", "only_wl", "random_words")
+_STRATEGIES = ("both", "grad_guided", "only_wh", "only_wl", "random_words")
 
 
 @dataclass
@@ -217,7 +217,8 @@ def run_demo(
     Args:
         out: output folder.
         quick: use the quick budget (``demo_quick.yaml``) when ``config`` is not given.
-        ablations: also run ``only_wh``, ``only_wl`` and ``random_words`` with the same budget.
+        ablations: also run ``grad_guided`` (w_h / w_l from the paper's gradient instead of the
+            selected probe), ``only_wh``, ``only_wl`` and ``random_words`` with the same budget.
         config: a :class:`DemoConfig`, a YAML file, or None (the default YAML for ``quick``).
         overrides: ``key.sub=value`` overrides (e.g. ``finetune.train.max_train_steps=100``).
         evaluator / ranker / augment_components: already-built backends (tests pass tiny ones).
@@ -259,6 +260,9 @@ def run_demo(
     )
 
     strategies = list(cfg.ablation_strategies) if ablations else ["both"]
+    if "grad_guided" in strategies and "grad" not in cfg.audit.attribution.methods:
+        logger.warning("demo: grad_guided needs 'grad' in audit.attribution.methods; not run")
+        strategies.remove("grad_guided")
     ev_cfg = dataclasses.replace(cfg.eval, report=True)
     with stages("load models"):
         evaluator, ranker = build_scorers(ev_cfg, None, evaluator, ranker)

@@ -1,4 +1,8 @@
-"""Ablations (the paper's table: w/o grad guide, only w_l, only w_h, full).
+"""Ablations (the paper's table: w/o grad guide, only w_l, only w_h, full; and which method guides).
+
+``grad_guided`` is the full strategy with w_h / w_l picked by the paper's gradient instead of
+``attribution.select`` (the word probes by default), from the same audit and with the same pair
+budget, so the table shows whether the choice of attribution method changes what the loop repairs.
 
 One loop per augmentation strategy (:data:`debias3d.augment.semantic` strategies), with the same
 budget for every strategy: the same audit, the same number of augmented pairs (the smallest count
@@ -31,17 +35,51 @@ __all__ = [
     "finetune_strategy",
     "ablation_table",
     "ordering",
+    "derive_audit",
+    "GUIDED_BY",
 ]
 
 #: Augmentation strategy → the paper's row name.
 STRATEGY_NAMES: dict[str, str] = {
-    "both": "full (w_h + w_l)",
+    "both": "full (w_h + w_l, chosen by attribution.select)",
+    "grad_guided": "full, w_h + w_l chosen by the paper's gradient",
     "only_wh": "only w_h",
     "only_wl": "only w_l",
     "random_words": "w/o grad guide (random words)",
 }
 #: The paper's ordering on its benchmark, best first ("base" is the un-tuned model).
 PAPER_ORDER: tuple[str, ...] = ("both", "only_wh", "base", "only_wl", "random_words")
+
+
+#: Ablation strategies that augment with ``both`` on another method's w_h / w_l.
+GUIDED_BY: dict[str, str] = {"grad_guided": "grad"}
+
+
+def derive_audit(audit_dir: str | os.PathLike, method: str, out_dir: str | os.PathLike) -> Path:
+    """A copy of an audit folder whose w_h / w_l are ``method``'s picks (``w_h_<method>`` columns).
+
+    The augmentation reads ``prompts.parquet`` (w_h, w_l) and the original meshes, so this is what
+    it takes to run the same loop guided by another attribution method with the same budget.
+
+    Raises:
+        ValueError: the audit did not run ``method``.
+    """
+    import shutil
+
+    src, dst = Path(audit_dir), Path(out_dir)
+    prompts = pd.read_parquet(src / "prompts.parquet")
+    cols = [f"w_h_{method}", f"w_l_{method}"]
+    if any(c not in prompts for c in cols):
+        raise ValueError(f"{src}: the audit did not run attribution method {method!r} (no {cols[0]} column)")
+    dst.mkdir(parents=True, exist_ok=True)
+    prompts = prompts.assign(w_h=prompts[cols[0]], w_l=prompts[cols[1]])
+    prompts.to_parquet(dst / "prompts.parquet", index=False)
+    for name in ("samples.parquet", "words.parquet", "summary.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    if (src / "meshes").is_dir() and not (dst / "meshes").exists():
+        shutil.copytree(src / "meshes", dst / "meshes")
+    return dst
 
 
 def augment_strategy(audit_dir: str | os.PathLike, augment_cfg: Any, strategy: str, out_dir: str | os.PathLike,
@@ -53,6 +91,9 @@ def augment_strategy(audit_dir: str | os.PathLike, augment_cfg: Any, strategy: s
     """
     from debias3d.augment.pipeline import run_augment
 
+    if strategy in GUIDED_BY:
+        audit_dir = derive_audit(audit_dir, GUIDED_BY[strategy], Path(out_dir).parent / f"audit_{strategy}")
+        strategy = "both"
     cfg = dataclasses.replace(augment_cfg, strategy=strategy)
     return run_augment(audit_dir, cfg, out_dir, components=components)
 

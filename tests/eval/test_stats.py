@@ -195,3 +195,28 @@ def test_eval_prompts_take_categories_from_a_category_file(tmp_path):
     )
     got = [p.category for p in load_eval_prompts(EvalConfig(prompts=str(mate), categories=str(cats)))]
     assert got == ["basic", NO_CATEGORY, "refined"]
+
+
+def test_derive_audit_takes_another_methods_picks(tmp_path):
+    """grad_guided augments from a copy of the audit whose w_h / w_l are the gradient's picks."""
+    import pandas as pd
+    import pytest
+
+    from debias3d.eval.ablations import derive_audit
+
+    src = tmp_path / "audit"
+    (src / "meshes").mkdir(parents=True)
+    (src / "meshes" / "p_0.glb").write_bytes(b"glb")
+    pd.DataFrame(
+        {"prompt_id": ["p"], "prompt": ["a red vase"], "w_h": ["vase"], "w_l": ["red"],
+         "w_h_grad": ["red"], "w_l_grad": ["vase"]}
+    ).to_parquet(src / "prompts.parquet")  # fmt: skip
+    pd.DataFrame({"prompt_id": ["p"], "sample": [0], "seed": [0], "mesh": ["meshes/p_0.glb"]}).to_parquet(
+        src / "samples.parquet"
+    )
+    dst = derive_audit(src, "grad", tmp_path / "audit_grad")
+    p = pd.read_parquet(dst / "prompts.parquet")
+    assert (p.w_h.tolist(), p.w_l.tolist()) == (["red"], ["vase"])
+    assert (dst / "meshes" / "p_0.glb").read_bytes() == b"glb" and (dst / "samples.parquet").is_file()
+    with pytest.raises(ValueError, match="did not run attribution method 'occlusion'"):
+        derive_audit(src, "occlusion", tmp_path / "x")
