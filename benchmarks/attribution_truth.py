@@ -102,7 +102,7 @@ def truth_rows(texts: list[str], truth: list[list[dict[str, bool]]], valid: torc
     import pandas as pd
 
     rows = []
-    for i, text in enumerate(texts):
+    for i in range(len(texts)):
         for d, tr in enumerate(truth[i]):
             if not bool(valid[i, d]):
                 continue
@@ -133,8 +133,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
-
-    import pandas as pd
 
     from debias3d.bias_audit.localize import generate_samples
     from debias3d.bias_audit.substitutes import ShapeWorldProposer
