@@ -38,7 +38,12 @@ def attr_colour(value: float, vmax: float) -> str:
 
 
 def heatmap_figure(
-    labels: Sequence[str], values: Sequence[float], title: str = "", ax: Any = None, vmax: float | None = None
+    labels: Sequence[str],
+    values: Sequence[float],
+    title: str = "",
+    ax: Any = None,
+    vmax: float | None = None,
+    signed: bool | None = None,
 ) -> Any:
     """One row of word cells coloured by attribution, with a colour bar (matplotlib Figure).
 
@@ -49,6 +54,7 @@ def heatmap_figure(
         ax: draw into this Axes instead of a new figure.
         vmax: the colour scale's end (one value for every prompt of a method, so prompts
             compare); default: this row's largest ``|value|``.
+        signed: a diverging scale around 0 (default: when this row has a negative value).
     """
     import matplotlib
 
@@ -58,7 +64,8 @@ def heatmap_figure(
 
     vals = np.asarray(values, dtype=float).reshape(1, -1)
     n = max(vals.shape[1], 1)
-    signed = bool((vals[np.isfinite(vals)] < 0).any())
+    if signed is None:
+        signed = bool((vals[np.isfinite(vals)] < 0).any())
     if vmax is None or not np.isfinite(vmax):
         vmax = float(np.nanmax(np.abs(vals))) if vals.size and np.isfinite(vals).any() else 1.0
     vmax = vmax or 1.0
@@ -213,6 +220,7 @@ def write_heatmaps(
         from tqdm.auto import tqdm
 
         scales = method_scales(entries)
+        signed = {m for e in entries for m, v in e["attr"].items() if any(x < 0 for x in v if np.isfinite(x))}
         for e in tqdm(entries, desc="heatmaps", unit="prompt", disable=len(entries) < 16):
             rows = _heatmap_rows(e)
             fig, axes = plt.subplots(
@@ -225,6 +233,7 @@ def write_heatmaps(
                     title=f"{_LABEL.get(m, m)}: {e['prompt']}",
                     ax=ax,
                     vmax=scales.get(m),
+                    signed=m in signed,
                 )
             for fmt in images:
                 path = dest / f"{e['prompt_id']}.{fmt}"
@@ -339,7 +348,7 @@ bold: shown{% endif %}. The image strip is the evaluator's six views of sample 0
 <div class="card"><div><b>{{ p.prompt }}</b> <span class="muted">[{{ p.category }}] q<sub>l</sub>={{ "%.4f"|format(p.q) }},
 w<sub>h</sub>={{ p.w_h }}, w<sub>l</sub>={{ p.w_l }}{% if p.truncated %}, truncated{% endif %}</span></div>
 <div>{% for w in p.words %}<span class="w{% if w.verdict %} v-{{ w.verdict }}{% endif %}" title="{{ w.tip }}" style="background:{{ w.c }}">{{ w.t }}</span>{% endfor %}</div>
-{% if p.thumb %}<figure><img class="views" alt="evaluator views of sample 0" src="{{ p.thumb }}"><figcaption class="muted">evaluator views (front, back, left, right, top, bottom), sample 0</figcaption></figure>{% endif %}
+{% if p.thumb %}<figure><img class="views" alt="evaluator views of sample 0" src="{{ p.thumb }}"><figcaption class="muted">evaluator views (front, right, back, left, top, bottom), sample 0</figcaption></figure>{% endif %}
 {% if p.heatmap %}<img alt="word heatmaps" src="{{ p.heatmap }}">{% endif %}
 </div>
 {% endfor %}
