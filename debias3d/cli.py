@@ -1,15 +1,24 @@
 """The ``debias3d`` command line: one typer app, thin entry points, heavy imports inside them.
 
 ``debias3d --help`` must answer in well under a second and must not import torch, so every
-command imports what it needs in its own body.
+command imports what it needs in its own body. The same app runs under several processes as
+``accelerate launch -m debias3d <command> ...``.
+
+The same option means the same thing on every command: ``--config`` (a YAML file of the command's
+config), ``--out`` (its output folder), ``--samples`` (D, samples per prompt), ``--seed`` (its help
+says what it seeds), trailing ``key.sub=value`` config overrides (an explicit option wins over
+them), and ``--quiet`` / ``--verbose``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -26,12 +35,45 @@ class _DefaultRunGroup(TyperGroup):
     """
 
     def parse_args(self, ctx, args):  # noqa: ANN001, ANN201
-        if not args or args[0] not in self.commands:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
             args = ["run", *args]
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+def _with_verbosity(f: Callable) -> Callable:
+    """``f`` with ``--quiet`` / ``--verbose`` options (every command has them)."""
+    sig = inspect.signature(f, eval_str=True)
+
+    @functools.wraps(f)
+    def wrapper(*args, quiet: bool = False, verbose: bool = False, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if quiet or verbose:
+            _setup_logging(verbose=verbose, quiet=quiet)
+        return f(*args, **kwargs)
+
+    extra = [
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOpt),
+        inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=VerboseOpt),
+    ]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values()]
+    wrapper.__signature__ = sig.replace(parameters=params + extra)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params + extra}
+    del wrapper.__wrapped__  # typer reads __signature__ / __annotations__, not the wrapped function
+    return wrapper
+
+
+class _Typer(typer.Typer):
+    """``typer.Typer`` whose commands all take ``--quiet`` / ``--verbose``."""
+
+    def command(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        register = super().command(*args, **kwargs)
+        return lambda f: register(_with_verbosity(f))
+
+
+app = _Typer(
     name="debias3d",
     help=(
         "Audit text-to-3D generators for word-level semantic bias and repair it with data.\n\n"
@@ -44,11 +86,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-world_app = typer.Typer(
+world_app = _Typer(
     help="ShapeWorld, the procedural text-3D world with ground truth: sample, corpus, training.",
     no_args_is_help=True,
 )
-report_app = typer.Typer(help="Re-export reports and heatmaps from finished runs.", no_args_is_help=True)
+report_app = _Typer(help="Re-export reports and heatmaps from finished runs.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 app.add_typer(report_app, name="report")
 
@@ -60,22 +102,46 @@ OverridesOpt = Annotated[
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if missing).")]
+SamplesOpt = Annotated[
+    int | None, typer.Option("--samples", "-D", help="D, samples per prompt (config key samples).")
+]
+SampleSeedOpt = Annotated[
+    int | None,
+    typer.Option(help="Base seed of the samples: sample d of a prompt uses seed + d (config key seed)."),
+]
 
 
-def _setup_logging(verbose: bool) -> None:
-    from rich.console import Console
-    from rich.logging import RichHandler
+def _overrides(overrides: list[str] | None, **options: object) -> list[str]:
+    """The trailing ``key=value`` overrides, then one per option given (an explicit option wins)."""
+    return [*(overrides or []), *(f"{k}={v}" for k, v in options.items() if v is not None)]
 
-    # Logs go to stderr so that stdout carries only a command's results (pipe-friendly).
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[
-            RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
-        ],
-        force=True,
-    )
+
+def _main_process() -> bool:
+    """False on the other ranks of an ``accelerate launch`` run (they print no result line)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted."""
+
+    @property
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """One log format on stderr (stdout carries only a command's results), one line per record."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # Libraries that chatter at INFO.
     for name in ("httpx", "urllib3", "datasets", "accelerate", "vtk"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -84,8 +150,9 @@ def _setup_logging(verbose: bool) -> None:
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
 ) -> None:
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -127,7 +194,7 @@ def _load(cls: type, config: Path | None, overrides: list[str] | None):  # noqa:
 def world_sample(
     out: OutOpt = Path("shapeworld_sample"),
     n: Annotated[int, typer.Option("--n", help="Number of prompts to sample.")] = 16,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the sampled prompts and their shapes.")] = 0,
     category: Annotated[
         str | None, typer.Option(help="Only this category (basic, refined, ..., imaginative).")
     ] = None,
@@ -147,12 +214,15 @@ def world_sample(
 def world_corpus(
     out: OutOpt = Path("shapeworld_corpus"),
     config: ConfigOpt = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the corpus prompts, jitter and calibration (config key seed).")
+    ] = None,
     overrides: OverridesOpt = None,
 ) -> None:
     """Write a (skewed) ShapeWorld text-shape corpus as a HF dataset (save_to_disk)."""
     from debias3d.data.shapeworld.corpus import CorpusConfig, write_corpus
 
-    cfg = _load(CorpusConfig, config, overrides)
+    cfg = _load(CorpusConfig, config, _overrides(overrides, seed=seed))
     with _user_errors():
         path = write_corpus(cfg, out)
     typer.echo(f"wrote corpus of {cfg.n} pairs to {path}")
@@ -165,12 +235,15 @@ def world_train_backbone(
     corpus: Annotated[
         Path | None, typer.Option(help="Existing corpus folder; written from the config if omitted.")
     ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of init, batches, noise and t (config key seed).")
+    ] = None,
     overrides: OverridesOpt = None,
 ) -> None:
     """Train both mini-TRELLIS flow stages on the ShapeWorld corpus (resumes from out/checkpoints)."""
     from debias3d.models.backbone.train import BackboneTrainConfig, train_backbone
 
-    cfg = _load(BackboneTrainConfig, config, overrides)
+    cfg = _load(BackboneTrainConfig, config, _overrides(overrides, seed=seed))
     with _user_errors():
         train_backbone(cfg, corpus, out)
 
@@ -178,34 +251,52 @@ def world_train_backbone(
 @world_app.command("fidelity")
 def world_fidelity(
     out: OutOpt = Path("fidelity"),
-    samples: Annotated[int, typer.Option("--samples", "-D", help="Samples per prompt.")] = 4,
-    adapter: Annotated[Path | None, typer.Option(help="A LoRA adapter folder to apply.")] = None,
-    weights: Annotated[
-        Path | None, typer.Option(help="Generator weights folder (default: the shipped model).")
+    config: ConfigOpt = None,
+    samples: SamplesOpt = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="A LoRA adapter folder to apply (config key adapter).")
     ] = None,
-    per_category: Annotated[int, typer.Option(help="Evaluation prompts per category.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the evaluation prompt set.")] = 0,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Generator weights folder (default: the shipped model; config key generator_weights)."
+        ),
+    ] = None,
+    per_category: Annotated[
+        int | None, typer.Option(help="Evaluation prompts per category (config key per_category).")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Base seed of the samples (sample d of a prompt uses seed + d) and seed of the "
+            "evaluation prompt set (config key seed)."
+        ),
+    ] = None,
+    overrides: OverridesOpt = None,
 ) -> None:
     """Measure the generator against ShapeWorld ground truth: per-word and per-category fidelity."""
-    from debias3d.eval.fidelity import main as fidelity_main
+    from debias3d.eval.fidelity import FidelityConfig, fidelity_command
 
+    opts = {"samples": samples, "adapter": adapter, "generator_weights": weights}
+    cfg = _load(FidelityConfig, config, _overrides(overrides, per_category=per_category, seed=seed, **opts))
     with _user_errors():
-        fidelity_main(
-            out=out, samples=samples, adapter=adapter, weights=weights, per_category=per_category, seed=seed
-        )
+        fidelity_command(cfg, out)
 
 
 @world_app.command("train-evaluator")
 def world_train_evaluator(
     out: OutOpt = Path("runs/evaluator"),
     config: ConfigOpt = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of folds, init and batches (config key train.seed).")
+    ] = None,
     overrides: OverridesOpt = None,
 ) -> None:
     """Train the HyperScore-style evaluator on ShapeWorld ratings (5 folds split by prompt, SRCC/PLCC)."""
     from debias3d.models.evaluator.train import train_evaluator_command
 
     with _user_errors():
-        train_evaluator_command(config, overrides or [], out)
+        train_evaluator_command(config, _overrides(overrides, **{"train.seed": seed}), out)
 
 
 # ------------------------------------------------------------------------------------ generate
@@ -215,8 +306,10 @@ def generate(
         list[str], typer.Argument(help="Prompts, or one path to a prompt file (txt/csv/json/jsonl).")
     ],
     out: OutOpt = Path("generated"),
-    samples: Annotated[int, typer.Option("--samples", "-D", help="Samples per prompt.")] = 4,
-    seed: Annotated[int, typer.Option(help="Base seed; sample d of a prompt uses seed + d.")] = 0,
+    samples: Annotated[int, typer.Option("--samples", "-D", help="D, samples per prompt.")] = 4,
+    seed: Annotated[
+        int, typer.Option(help="Base seed of the samples: sample d of a prompt uses seed + d.")
+    ] = 0,
     generator: Annotated[str, typer.Option(help="Generator backend name.")] = "mini-trellis",
     weights: Annotated[Path | None, typer.Option(help="Weights folder (default: shipped).")] = None,
     adapter: Annotated[Path | None, typer.Option(help="A LoRA adapter folder to apply.")] = None,
@@ -274,6 +367,8 @@ def audit(
     ],
     config: ConfigOpt = None,
     out: OutOpt = Path("audit"),
+    samples: SamplesOpt = None,
+    seed: SampleSeedOpt = None,
     resume: Annotated[bool, typer.Option(help="Skip prompts already done in --out.")] = False,
     view_contradictions: Annotated[
         bool, typer.Option(help="Also run the D-SDS view-prompt contradiction (PMI) audit.")
@@ -283,7 +378,7 @@ def audit(
     """Localize and quantize word-level bias: generate D samples per prompt, score, attribute to words.
 
     Writes summary.json, prompts.parquet (q_l, w_h, w_l), words.parquet, samples.parquet, meshes/,
-    heatmaps/ and report.html. For several processes: `accelerate launch -m debias3d.bias_audit ...`.
+    heatmaps/ and report.html. For several processes: `accelerate launch -m debias3d audit ...`.
     """
     from debias3d.bias_audit.cli import audit_command
 
@@ -291,12 +386,14 @@ def audit(
         summary = audit_command(
             prompts,
             config=config,
-            overrides=overrides or [],
+            overrides=_overrides(overrides, samples=samples, seed=seed),
             out=out,
             resume=resume,
             view_contradictions=view_contradictions,
         )
     outcome = summary.get("outcome") if isinstance(summary, dict) else None
+    if not _main_process():
+        return
     if outcome:
         typer.echo(f"audit: {outcome['line']} -> {out / 'report.html'}")
         if not outcome["audited"]:
@@ -306,11 +403,12 @@ def audit(
         typer.echo(f"audit: {n} prompts -> {out / 'report.html'}")
 
 
-augment_app = typer.Typer(
+augment_app = _Typer(
     help=(
         "Build new text-3D pairs: an LLM writes contexts that keep w_h/w_l, a filter rejects bad "
         "prompts, an external generator makes meshes, a ranker keeps winners (Algorithm 1). "
-        "Resumable: re-running skips finished items."
+        "Resumable: re-running skips finished items. `debias3d augment --audit A ...` is "
+        "`debias3d augment run --audit A ...`."
     ),
     cls=_DefaultRunGroup,
     no_args_is_help=False,
@@ -318,11 +416,14 @@ augment_app = typer.Typer(
 app.add_typer(augment_app, name="augment")
 
 
-@augment_app.command("run", hidden=True)
+@augment_app.command("run")
 def augment(
     audit: Annotated[Path | None, typer.Option(help="Audit folder (prompts.parquet with w_h/w_l).")] = None,
     config: ConfigOpt = None,
     out: OutOpt = Path("aug"),
+    seed: Annotated[
+        int | None, typer.Option(help="Global seed; every item derives its own from it (config key seed).")
+    ] = None,
     retry_failed: Annotated[bool, typer.Option(help="Re-run items recorded as failed.")] = False,
     overrides: OverridesOpt = None,
 ) -> None:
@@ -335,7 +436,11 @@ def augment(
     from debias3d.augment.pipeline import augment_command
 
     with _user_errors():
-        summary = augment_command(audit, config, overrides or [], out, retry_failed=retry_failed)
+        summary = augment_command(
+            audit, config, _overrides(overrides, seed=seed), out, retry_failed=retry_failed
+        )
+    if not _main_process():
+        return
     typer.echo(f"augment: {summary['outcome']['line']}")
     typer.echo(
         f"augment: pairs in {out / 'pairs'}, reasons in {out / 'rejected.jsonl'}, report {out / 'report.html'}"
@@ -354,10 +459,11 @@ def augment_status(out: Annotated[Path, typer.Argument(help="Augmentation output
         typer.echo(status_command(out))
 
 
-finetune_app = typer.Typer(
+finetune_app = _Typer(
     help=(
         "LoRA fine-tuning of the generator's flow transformers on augmented pairs (peft + accelerate). "
-        "In-process for one process; with --accelerate-config it re-launches through `accelerate launch`."
+        "In-process for one process; with --accelerate-config it re-launches through `accelerate launch`. "
+        "`debias3d finetune --config C ...` is `debias3d finetune run --config C ...`."
     ),
     cls=_DefaultRunGroup,
     no_args_is_help=False,
@@ -365,10 +471,14 @@ finetune_app = typer.Typer(
 app.add_typer(finetune_app, name="finetune")
 
 
-@finetune_app.command("run", hidden=True)
+@finetune_app.command("run")
 def finetune(
     config: ConfigOpt = None,
     out: OutOpt = Path("runs/finetune"),
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of LoRA init, data order, noise, t and dropout (config key train.seed)."),
+    ] = None,
     accelerate_config: Annotated[
         Path | None, typer.Option(help="An accelerate config (configs/accelerate/*.yaml) to launch with.")
     ] = None,
@@ -383,9 +493,14 @@ def finetune(
 
     with _user_errors():
         path = finetune_command(
-            config, overrides or [], out, accelerate_config=accelerate_config, resume_from=resume_from
+            config,
+            _overrides(overrides, **{"train.seed": seed}),
+            out,
+            accelerate_config=accelerate_config,
+            resume_from=resume_from,
         )
-    typer.echo(f"adapter written to {path}")
+    if _main_process():
+        typer.echo(f"adapter written to {path}")
 
 
 @finetune_app.command("merge")
@@ -393,30 +508,36 @@ def finetune_merge(
     adapter: Annotated[Path, typer.Option(help="Adapter folder written by `debias3d finetune`.")],
     out: OutOpt = Path("merged"),
     base: Annotated[str | None, typer.Option(help="Base weights (default: recorded in the adapter).")] = None,
+    device: Annotated[str, typer.Option(help="torch device of the merge.")] = "cpu",
 ) -> None:
     """Fold a LoRA adapter into its base generator and write merged safetensors."""
     from debias3d.finetune import merge_command
 
     with _user_errors():
-        path = merge_command(adapter, out, base=base)
+        path = merge_command(adapter, out, base=base, device=device)
     typer.echo(f"merged weights written to {path}")
 
 
-eval_app = typer.Typer(
-    help="Before/after evaluation: MATE-3D-style and T3Bench-style tables, fidelity, diversity.",
+eval_app = _Typer(
+    help=(
+        "Before/after evaluation: MATE-3D-style and T3Bench-style tables, fidelity, diversity. "
+        "`debias3d eval --config C ...` is `debias3d eval run --config C ...`."
+    ),
     cls=_DefaultRunGroup,
     no_args_is_help=False,
 )
 app.add_typer(eval_app, name="eval")
 
 
-@eval_app.command("run", hidden=True)
+@eval_app.command("run")
 def evaluate(
     config: ConfigOpt = None,
     adapter: Annotated[
         Path | None, typer.Option(help="A LoRA adapter folder (the fine-tuned model).")
     ] = None,
     out: OutOpt = Path("eval"),
+    samples: SamplesOpt = None,
+    seed: SampleSeedOpt = None,
     overrides: OverridesOpt = None,
 ) -> None:
     """Evaluate base vs fine-tuned: `debias3d eval --config configs/shapeworld/eval.yaml --adapter ft/ --out eval/`.
@@ -426,7 +547,7 @@ def evaluate(
     from debias3d.eval.pipeline import eval_command
 
     with _user_errors():
-        eval_command(config, overrides or [], adapter, out)
+        eval_command(config, _overrides(overrides, samples=samples, seed=seed), adapter, out)
     typer.echo(f"eval: {out / 'summary.json'}, {out / 'report.html'}")
 
 
@@ -507,9 +628,18 @@ def convert_hyperscore(
     typer.echo(f"wrote {folder}; set evaluator: hyperscore-clip and evaluator_weights: {folder}")
 
 
+def run(argv: list[str] | None = None) -> int:
+    """Run the app on ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
+    try:
+        app(args=argv, prog_name="debias3d")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (also ``python -m debias3d`` and ``accelerate launch -m debias3d``)."""
+    sys.exit(run())
 
 
 if __name__ == "__main__":

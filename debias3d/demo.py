@@ -7,11 +7,11 @@ Layout of ``OUT/``::
 
     demo_config.yaml    the resolved :class:`DemoConfig`
     prompts.jsonl       the audit prompts (a uniform sample of the grammar, not chosen by word)
-    audit/              bias audit of the base model (DESIGN.md contract)
+    audit/              bias audit of the base model (the audit folder layout)
     aug/                augmented pairs, strategy ``both`` (full); aug_<strategy>/ with --ablations
     corpus/             replay share of the original (skewed) corpus distribution
     finetune/           LoRA adapter (full); finetune_<strategy>/ with --ablations
-    eval/               before/after evaluation (DESIGN.md contract)
+    eval/               before/after evaluation (the eval folder layout)
     audit_after/        the fine-tuned model's audit of the heatmap prompts (word heatmaps after)
     thumbs/             mesh thumbnails, base vs fine-tuned, same prompts and seeds
     summary.json        headline numbers, targets, ablation table, timings, budget

@@ -9,5 +9,5 @@ Modules (imported on demand; importing this package is cheap):
 * :mod:`.job`       resumable job runner (content-keyed items, JSONL records, atomic writes)
 * :mod:`.pipeline`  ``run_augment``, ``augment_status``, ``augment_command``, ``status_command``
 * :mod:`.report`    self-contained ``report.html``
-* ``python -m debias3d.augment`` / ``accelerate launch -m debias3d.augment``: the entry point
+* ``debias3d augment`` / ``accelerate launch -m debias3d augment``: the entry point
 """

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -998,7 +999,14 @@ def augment_command(
     from debias3d.config import load_config
 
     cfg = load_config(AugmentConfig, config, list(overrides or []))
-    return run_augment(audit, cfg, out, retry_failed=retry_failed)
+    state = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate: split the items
+        import torch
+        from accelerate import PartialState
+
+        # Without CUDA, cpu=True makes the ranks join a gloo group (configs/accelerate/cpu_2proc.yaml).
+        state = PartialState(cpu=not torch.cuda.is_available())
+    return run_augment(audit, cfg, out, state=state, retry_failed=retry_failed)
 
 
 def format_status(st: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """``run_audit``: localize → quantize → report, resumable and sharded across accelerate processes.
 
-Layout of ``OUT/`` (the contract in DESIGN.md)::
+Layout of ``OUT/``::
 
     summary.json       config, q_g per dimension, per-category means, word table, faithfulness,
                        ground-truth agreement, view contradictions, issues (no timestamps)

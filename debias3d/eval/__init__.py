@@ -1,4 +1,4 @@
-"""debias3d.eval: before/after evaluation, ablations and reports (issue 8).
+"""debias3d.eval: before/after evaluation, ablations and reports.
 
 Modules (imported on demand; this package file imports nothing heavy, so the CLI stays fast):
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from debias3d.models.ranker.t3bench import T3BenchConfig
 
-__all__ = ["EvalConfig", "T3BENCH_GROUPS", "ALIGNMENT_ROUTES"]
+__all__ = ["EvalConfig", "EvalTargets", "T3BENCH_GROUPS", "ALIGNMENT_ROUTES"]
 
 #: T3Bench's three prompt groups, in table order.
 T3BENCH_GROUPS: tuple[str, ...] = ("single", "surroundings", "multi")
@@ -17,6 +17,22 @@ ALIGNMENT_ROUTES: tuple[str, ...] = ("evaluator", "caption_llm")
 def _ranking_default() -> T3BenchConfig:
     # Level 0 (12 icosahedron cameras) and one FoV keep a CPU run short; T3Bench uses level 2 + 5 FoVs.
     return T3BenchConfig(level=0, fovs=(1.0471975512,))
+
+
+@dataclass
+class EvalTargets:
+    """Acceptance targets of a before/after run on the embedded world (reported with a met flag,
+    never tuned for)."""
+
+    neglected_gain_points: float = field(
+        default=15.0, metadata={"help": "fidelity gain of the neglected words, in points, at least"}
+    )
+    rest_drop_points: float = field(
+        default=2.0, metadata={"help": "fidelity drop of the other words, in points, at most"}
+    )
+    evaluator_overall_categories: int = field(
+        default=6, metadata={"help": "prompt categories whose evaluator 'overall' improves, at least"}
+    )
 
 
 @dataclass
@@ -89,6 +105,7 @@ class EvalConfig:
     report: bool = field(default=True, metadata={"help": "write report.html"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
+    targets: EvalTargets = field(default_factory=EvalTargets, metadata={"help": "acceptance targets"})
 
     def __post_init__(self) -> None:
         checks = [

@@ -36,7 +36,7 @@ from debias3d.eval.benchmarks import NO_CATEGORY
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FidelityResult", "run_fidelity", "corpus_word_counts", "main"]
+__all__ = ["FidelityResult", "run_fidelity", "corpus_word_counts", "FidelityConfig", "fidelity_command"]
 
 
 @dataclass
@@ -196,26 +196,44 @@ def run_fidelity(
     return result
 
 
-def main(
-    out: str | os.PathLike,
-    samples: int = 4,
-    adapter: str | os.PathLike | None = None,
-    weights: str | os.PathLike | None = None,
-    per_category: int = 8,
-    seed: int = 0,
-    generator: str = "mini-trellis",
-) -> FidelityResult:
-    """``debias3d world fidelity``: the fixed ShapeWorld evaluation set, D samples each."""
+@dataclass
+class FidelityConfig:
+    """``debias3d world fidelity``: the fixed ShapeWorld evaluation set, D samples per prompt."""
+
+    generator: str = field(default="mini-trellis", metadata={"help": "generator backend name"})
+    generator_weights: str | None = field(
+        default=None, metadata={"help": "generator weights folder or id (null: the backend's default)"}
+    )
+    adapter: str | None = field(default=None, metadata={"help": "a LoRA adapter folder to apply"})
+    samples: int = field(default=4, metadata={"help": "D, samples per prompt"})
+    per_category: int = field(default=8, metadata={"help": "evaluation prompts per category"})
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "base seed of the samples (sample d uses seed + d) and of the evaluation prompt set"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "per_category"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FidelityConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"FidelityConfig.seed must be >= 0, got {self.seed}")
+
+
+def fidelity_command(cfg: FidelityConfig, out: str | os.PathLike) -> FidelityResult:
+    """``debias3d world fidelity``: build the generator (with its adapter), measure, write ``out``."""
     from debias3d.data.shapeworld.grammar import evaluation_prompts
     from debias3d.models.generator import GeneratorSpec, build_generator
 
-    gen = build_generator(GeneratorSpec(generator, weights), adapter=adapter)
-    prompts = evaluation_prompts(per_category, seed=seed)
-    res = run_fidelity(gen, prompts, D=samples, out_dir=out, seed=seed)
+    gen = build_generator(GeneratorSpec(cfg.generator, cfg.generator_weights), adapter=cfg.adapter)
+    prompts = evaluation_prompts(cfg.per_category, seed=cfg.seed)
+    res = run_fidelity(gen, prompts, D=cfg.samples, out_dir=out, seed=cfg.seed)
     s = res.summary
     logger.info(
         "fidelity %.3f | frequent %.3f | rare %.3f | gap %.1f points (%d prompts x D=%d) -> %s",
         s["fidelity"], s.get("frequent_fidelity", float("nan")), s.get("rare_fidelity", float("nan")),
-        s.get("gap_points", float("nan")), s["n_prompts"], samples, out,
+        s.get("gap_points", float("nan")), s["n_prompts"], cfg.samples, out,
     )  # fmt: skip
     return res

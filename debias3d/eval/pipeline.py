@@ -10,7 +10,7 @@ are generated once and then read four ways:
    (:func:`debias3d.eval.stats.neglected_split`);
 4. diversity: mean pairwise Chamfer distance between a prompt's samples (:mod:`debias3d.eval.diversity`).
 
-Layout of ``OUT/`` (DESIGN.md's contract + per-model detail)::
+Layout of ``OUT/`` (the eval folder, with per-model detail)::
 
     summary.json              headline numbers, targets (met or not), word split, config
     timings.json              wall time per stage (kept out of summary.json so reruns compare equal)
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from debias3d.eval.config import EvalConfig
+from debias3d.eval.config import EvalConfig, EvalTargets
 from debias3d.models.persistence import read_json
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,8 @@ __all__ = [
     "TARGETS",
 ]
 
-#: Issue 8's targets for the embedded world (reported, never tuned for).
-TARGETS: dict[str, float] = {
-    "neglected_gain_points": 15.0,
-    "rest_drop_points": 2.0,
-    "evaluator_overall_categories": 6,
-}
+#: The default acceptance targets (``EvalConfig.targets``; reported, never tuned for).
+TARGETS: dict[str, float] = dataclasses.asdict(EvalTargets())
 
 
 @dataclass(frozen=True)
@@ -569,7 +565,13 @@ def summarize(runs: Sequence[ModelRun], cfg: EvalConfig) -> tuple[dict[str, Any]
         }
         summary["evaluator_overall_categories"] = imp
         summary["targets"] = decide_targets(
-            base.verdicts, runs[1].verdicts, neglected, rest, tables["mate3d"], kw
+            base.verdicts,
+            runs[1].verdicts,
+            neglected,
+            rest,
+            tables["mate3d"],
+            kw,
+            targets=dataclasses.asdict(cfg.targets),
         )
     return summary, tables
 
@@ -605,8 +607,10 @@ def decide_targets(
     rest: Sequence[str],
     mate3d: pd.DataFrame,
     kw: dict[str, Any],
+    targets: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Every target decided on its interval, never on a point estimate.
+    """Every target decided on its interval, never on a point estimate (``targets``: the bars,
+    default :data:`TARGETS`).
 
     * neglected-word gain (after − before, points): met when the interval's *lower* bound clears the bar;
     * change on the rest (after − before, points; negative = a drop): met when the lower bound is
@@ -615,7 +619,8 @@ def decide_targets(
     """
     g = _paired_share_ci(before, after, neglected, kw)
     r = _paired_share_ci(before, after, rest, kw)
-    gain_bar, drop_bar = TARGETS["neglected_gain_points"], TARGETS["rest_drop_points"]
+    targets = targets or TARGETS
+    gain_bar, drop_bar = targets["neglected_gain_points"], targets["rest_drop_points"]
     cats = mate3d[(mate3d.get("dimension") == "overall")] if "dimension" in mate3d else mate3d.iloc[0:0]
     from debias3d.eval.benchmarks import NO_CATEGORY
 
@@ -625,7 +630,7 @@ def decide_targets(
         ]
     n_sure = int((cats["delta_lo"] > 0).sum()) if "delta_lo" in cats else None
     n_cats = len(cats) if "delta_lo" in cats else None
-    cat_bar = TARGETS["evaluator_overall_categories"]
+    cat_bar = targets["evaluator_overall_categories"]
 
     def iv(ci: Any) -> list[float]:
         return [ci.lo, ci.hi]

@@ -127,7 +127,7 @@ def neglected_split(
 
     Args:
         base_fidelity: word → fidelity of the base (not fine-tuned) model.
-        quantile: share of words called neglected (issue 8: the bottom quartile, 0.25).
+        quantile: share of words called neglected (default: the bottom quartile, 0.25).
         min_words: at least this many neglected words when there are any words.
 
     Returns:

@@ -1,8 +1,8 @@
-"""LoRA fine-tuning of a generator's flow transformers (peft + accelerate), issue 7.
+"""LoRA fine-tuning of a generator's flow transformers (peft + accelerate).
 
 Entry points (thin; heavy imports happen inside them so ``debias3d --help`` stays fast):
 
-* ``accelerate launch -m debias3d.finetune --config configs/shapeworld/finetune.yaml --out runs/ft``
+* ``accelerate launch -m debias3d finetune --config configs/shapeworld/finetune.yaml --out runs/ft``
   (any ``configs/accelerate/*.yaml`` through ``--config_file``);
 * :func:`finetune_command` — what ``debias3d finetune`` calls: in-process for one process, or a
   re-launch through ``accelerate launch`` when an accelerate config is given;
@@ -33,9 +33,9 @@ def launch_command(
     accelerate_config: str | os.PathLike,
     resume_from: str | None = None,
 ) -> list[str]:
-    """The ``accelerate launch ... -m debias3d.finetune ...`` argv for a run."""
+    """The ``accelerate launch ... -m debias3d finetune ...`` argv for a run."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config)]
-    cmd += ["-m", "debias3d.finetune", "--out", str(out)]
+    cmd += ["-m", "debias3d", "finetune", "--out", str(out)]
     if config is not None:
         cmd += ["--config", str(config)]
     if resume_from is not None:

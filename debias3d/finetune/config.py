@@ -1,4 +1,4 @@
-"""``FinetuneConfig``: the typed config of ``accelerate launch -m debias3d.finetune`` (issue 7).
+"""``FinetuneConfig``: the typed config of ``debias3d finetune`` (also ``accelerate launch -m debias3d finetune``).
 
 Loaded with :func:`debias3d.config.load_config` from ``configs/shapeworld/finetune.yaml`` or
 ``configs/trellis/finetune.yaml`` plus ``key.sub=value`` overrides. The field names of

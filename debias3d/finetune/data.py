@@ -2,9 +2,9 @@
 
 Sources (both HF datasets written with ``save_to_disk``):
 
-* ``aug/pairs/`` (issue 6): ``prompt``, ``occupancy`` uint8 ``(R, R, R)``, ``colors`` uint8
+* ``aug/pairs/`` (written by ``debias3d augment``): ``prompt``, ``occupancy`` uint8 ``(R, R, R)``, ``colors`` uint8
   ``(R, R, R, 3)``, ``mesh`` (GLB path, relative to the ``aug/`` folder or absolute), ``winner``, ...
-* the ShapeWorld corpus (issue 2/3): ``prompt``, ``occupancy``, ``colors``, ...
+* the ShapeWorld corpus (``debias3d world corpus``): ``prompt``, ``occupancy``, ``colors``, ...
 
 A pair whose mesh file is missing or unreadable, or whose voxels are missing or malformed, is
 skipped and counted in :attr:`TrainingSet.stats`; the run goes on. An empty or missing pairs

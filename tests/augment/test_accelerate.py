@@ -24,7 +24,6 @@ raise SystemExit(main())
 OVERRIDES = ["num_threads=1", "visual.ranker=standin", "contexts=2", "progress=false", "report=false"]
 
 
-@pytest.mark.slow
 def test_accelerate_two_processes_match_single_process(tmp_path):
     from datasets import load_from_disk
 
@@ -41,7 +40,16 @@ def test_accelerate_two_processes_match_single_process(tmp_path):
     cmd = [launcher, "launch", "--config_file", str(ROOT / "configs/accelerate/cpu_2proc.yaml"), str(entry),
            "--audit", str(audit), "--out", str(tmp_path / "multi"), *OVERRIDES]  # fmt: skip
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        # the entry script lives in tmp_path: put this checkout's package first on the path
+        env={
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / "multi" / "job").glob("records-*.jsonl"))

@@ -1,4 +1,4 @@
-"""``accelerate launch -m debias3d.bias_audit`` with 2 CPU processes: shards merge into one audit."""
+"""``accelerate launch -m debias3d audit`` with 2 CPU processes: shards merge into one audit (about a minute)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import torch
-
-pytestmark = pytest.mark.slow
 
 PROMPTS = ["a red vase", "two small blue cups", "a tall green tree", "a spiky box", "a floating lamp"]
 
@@ -36,7 +33,7 @@ def test_two_processes_write_shards_and_main_merges(tmp_path, text_encoder):
     repo = Path(__file__).resolve().parents[2]
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "configs/accelerate/cpu_2proc.yaml"),
-        "-m", "debias3d.bias_audit", "--prompts", str(tmp_path / "p.txt"), "--out", str(out),
+        "-m", "debias3d", "audit", "--prompts", str(tmp_path / "p.txt"), "--out", str(out),
         "--config", str(repo / "configs/shapeworld/audit.yaml"),
         f"evaluator_weights={tmp_path / 'ev'}", f"generator_weights={tmp_path / 'gen'}",
         "samples=2", "steps=2", "attribution.methods=[grad]", "attribution.batch_size=2", "heatmaps=false",
