@@ -86,7 +86,7 @@ def test_samples_seed_and_overrides_reach_the_config(argv, target, expect, monke
 
     def capture(*args, **kwargs):
         seen["overrides"] = kwargs["overrides"] if expect == "overrides" else args[expect]
-        return {"pairs": {"rows": 1}, "outcome": {"line": "ok"}}
+        return {"pairs": {"rows": 1}, "outcome": {"line": "ok", "audited": 1}}
 
     module, _, name = target.rpartition(".")
     monkeypatch.setattr(f"{module}.{name}", capture)

@@ -36,7 +36,7 @@ def test_two_processes_write_shards_and_main_merges(tmp_path, text_encoder):
         "-m", "debias3d", "audit", "--prompts", str(tmp_path / "p.txt"), "--out", str(out),
         "--config", str(repo / "configs/shapeworld/audit.yaml"),
         f"evaluator_weights={tmp_path / 'ev'}", f"generator_weights={tmp_path / 'gen'}",
-        "samples=2", "steps=2", "attribution.methods=[grad]", "attribution.batch_size=2", "heatmaps=false",
+        "samples=2", "steps=2", "attribution.methods=[grad]", "attribution.select=grad", "attribution.batch_size=2", "heatmaps=false",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
