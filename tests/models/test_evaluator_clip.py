@@ -513,3 +513,26 @@ def test_checkpoint_for_another_config_is_a_one_line_error(model, tmp_path):
     with pytest.raises(ValueError, match="size mismatch for hypernet.fc4b_fc.weight") as e:
         model.load_weights(tmp_path / "w.safetensors")
     assert "\n" not in str(e.value)
+
+
+def test_audit_runs_end_to_end_with_the_clip_evaluator(model, tmp_path):
+    """run_audit with hyperscore-clip: 77-token prompts, CLIP BPE pieces merged into words, report."""
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bias_audit"))
+    from audit_helpers import BoxGenerator, FakeRenderer
+
+    from debias3d.bias_audit.config import AttributionConfig, AuditConfig
+    from debias3d.bias_audit.pipeline import run_audit
+    from debias3d.models.evaluator.views import ViewCache
+
+    model.view_cache = ViewCache(renderer=FakeRenderer(32), rig=model.view_cache.rig, image_size=32)
+    cfg = AuditConfig(
+        samples=1, ground_truth="off", attribution=AttributionConfig(methods=("grad",), n_steps=4)
+    )
+    run_audit(PROMPTS, cfg, tmp_path / "audit", generator=BoxGenerator(), evaluator=model)
+    words = pd.read_parquet(tmp_path / "audit" / "words.parquet")
+    merged = {tuple(ws) for ws in words.sort_values("word_index").groupby("prompt_id")["word"].apply(list)}
+    assert merged == {tuple(p.split()) for p in PROMPTS}
+    assert np.isfinite(words["attr_grad"]).all()
+    assert (tmp_path / "audit" / "report.html").is_file()
