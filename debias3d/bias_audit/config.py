@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["AuditConfig", "AttributionConfig", "ProbeConfig", "ViewContradictionConfig", "DIMENSIONS"]
 
@@ -201,6 +202,10 @@ class AuditConfig:
     generator: str = field(default="mini-trellis", metadata={"help": "generator backend (registry name)"})
     generator_weights: str | None = field(
         default=None, metadata={"help": "generator weights folder (default: shipped)"}
+    )
+    generator_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "backend options for the generator (trellis: export, simplify, ...; docs/trellis.md)"},
     )
     evaluator: str = field(
         default="shapeworld-hyperscore", metadata={"help": "evaluator backend (registry name)"}

@@ -871,7 +871,7 @@ def build_models_generator(cfg: AuditConfig, evaluator: Any) -> tuple[Any, Any]:
     """Only the generator (sharing the evaluator's MiniLM encoder when both are the embedded ones)."""
     from debias3d.models.generator import GeneratorSpec, build_generator
 
-    spec = GeneratorSpec(cfg.generator, cfg.generator_weights, cfg.device)
+    spec = GeneratorSpec(cfg.generator, cfg.generator_weights, cfg.device, dict(cfg.generator_options))
     return build_generator(spec, text_encoder=getattr(evaluator, "text_encoder", None)), evaluator
 
 

@@ -210,6 +210,26 @@ def test_audit_builds_the_trellis_generator(fake_trellis):
     assert gen.config.export == "vertex_colors"  # audits skip texture baking by default
 
 
+def test_audit_generator_options_from_the_shipped_config(fake_trellis):
+    """configs/trellis/audit.yaml's generator_options reach the adapter; the baked GLB is one option away."""
+    from pathlib import Path
+
+    from debias3d.bias_audit.config import AuditConfig
+    from debias3d.bias_audit.pipeline import build_models_generator
+    from debias3d.config import load_config
+
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "trellis" / "audit.yaml"
+    over = [f"generator_weights={fake_trellis}", "device=cpu"]
+    gen, _ = build_models_generator(load_config(AuditConfig, shipped, over), evaluator=None)
+    assert gen.config.export == "vertex_colors" and gen.config.slat_sampler_params["steps"] == 25
+    cfg = load_config(AuditConfig, shipped, [*over, "generator_options.export=textured"])
+    gen, _ = build_models_generator(cfg, evaluator=None)
+    assert gen.config.export == "textured"
+    cfg = load_config(AuditConfig, shipped, [*over, "generator_options.texure_size=512"])
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['texure_size'\]"):
+        build_models_generator(cfg, evaluator=None)
+
+
 def test_unknown_option_is_one_line(fake_trellis):
     from debias3d.models.trellis import TrellisGenerator
 
