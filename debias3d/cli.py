@@ -138,6 +138,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def _setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """One log format on stderr (stdout carries only a command's results), one line per record."""
+    # Hugging Face libraries draw a bar for every weight load and dataset save; our own progress
+    # (debias3d.progress) is enough. Read when huggingface_hub is first imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO

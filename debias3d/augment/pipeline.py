@@ -268,7 +268,7 @@ class _SingleProcess:
 
 
 def _progress(items: Sequence[Any], desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from debias3d.progress import tqdm
 
     return tqdm(items, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 

@@ -766,7 +766,8 @@ def _run_audit(
     state: Any,
 ) -> dict[str, Any]:
     import torch
-    from tqdm.auto import tqdm
+
+    from debias3d.progress import tqdm
 
     shard_dir = out / "shards"
     timer = _Timer()
@@ -810,13 +811,13 @@ def _run_audit(
             bs = cfg.attribution.batch_size
             batches = [mine[s : s + bs] for s in range(0, len(mine), bs)]
             bar = tqdm(
-                batches,
+                total=len(mine),
                 desc=f"audit[{state.process_index}]",
-                unit="batch",
+                unit="prompt",
                 disable=not state.is_local_main_process,
             )
             t_first = time.perf_counter()
-            for b, batch in enumerate(bar):
+            for b, batch in enumerate(batches):
                 recs = process_batch(
                     batch, generator, evaluator, cfg, out, len(prompt_set), stop_words, timer, proposer
                 )
@@ -829,6 +830,8 @@ def _run_audit(
                     logger.warning(
                         "%s (measured on the first batch)", estimate_line("audit", len(mine), round(rate, 3))
                     )
+                bar.update(len(batch))
+            bar.close()
     (shard_dir / f"timings-{state.process_index:03d}.json").write_text(json.dumps(timer.t))
     state.wait_for_everyone()
     if not state.is_main_process:

@@ -217,7 +217,7 @@ def write_heatmaps(
     written: list[Path] = []
     images = [f for f in formats if f in ("png", "svg")]
     if images:
-        from tqdm.auto import tqdm
+        from debias3d.progress import tqdm
 
         scales = method_scales(entries)
         signed = {m for e in entries for m, v in e["attr"].items() if any(x < 0 for x in v if np.isfinite(x))}

@@ -263,9 +263,8 @@ class _Replay:
 def _t3bench_scores(
     assets: list[Any], prompts: list[str], ranker: Any, cfg: EvalConfig, show: bool
 ) -> np.ndarray:
-    from tqdm.auto import tqdm
-
     from debias3d.models.ranker.t3bench import T3BenchQuality
+    from debias3d.progress import tqdm
     from debias3d.render.renderer import RenderError
 
     q = T3BenchQuality(ranker, cfg.ranking)
@@ -306,11 +305,10 @@ def evaluate_model(
     Returns:
         :class:`ModelRun`.
     """
-    from tqdm.auto import tqdm
-
     from debias3d.eval.benchmarks import t3bench_group
     from debias3d.eval.diversity import prompt_diversity
     from debias3d.eval.fidelity import run_fidelity
+    from debias3d.progress import tqdm
 
     timer = timer or _Timer()
     D = cfg.samples  # noqa: N806 — the paper's symbol

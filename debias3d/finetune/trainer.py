@@ -360,10 +360,10 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
     """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     from debias3d.config import dump_config
+    from debias3d.progress import tqdm
 
     from .data import DataError, check_dataset
     from .lora import add_lora, flow_container, load_generator, write_adapter_info

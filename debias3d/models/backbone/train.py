@@ -344,7 +344,8 @@ def _train_stage(
 ) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+
+    from debias3d.progress import tqdm
 
     acc = Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed + STAGES.index(stage))

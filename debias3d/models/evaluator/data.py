@@ -335,7 +335,7 @@ def _generator_samples(cfg: EvaluatorDataConfig, measured: Callable | None) -> l
     except (ImportError, FileNotFoundError, OSError, ValueError) as exc:
         logger.warning("no generator samples for the evaluator (%s)", exc)
         return []
-    from tqdm.auto import tqdm
+    from debias3d.progress import tqdm
 
     prompts = sample_prompts(cfg.generator_samples, rng=cfg.seed + 1)
     texts, seeds, chunk = [p.text for p in prompts], list(range(len(prompts))), 64
@@ -376,7 +376,7 @@ def build_dataset(
     keep = np.ones(len(samples), bool)
     it: Any = range(len(samples))
     if progress:
-        from tqdm.auto import tqdm
+        from debias3d.progress import tqdm
 
         it = tqdm(it, desc="render evaluator set", leave=False)
     for i in it:

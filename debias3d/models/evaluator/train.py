@@ -307,7 +307,7 @@ def _fit(
     rng = np.random.default_rng(cfg.seed)
     bar = None
     if cfg.progress:
-        from tqdm.auto import tqdm
+        from debias3d.progress import tqdm
 
         bar = tqdm(total=total, desc=f"evaluator {tag}", leave=False)
     for epoch in range(epochs):
