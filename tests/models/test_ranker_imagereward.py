@@ -52,10 +52,11 @@ def upstream_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
     s: dict[str, torch.Tensor] = {}
     v = "blip.visual_encoder"
-    s[f"{v}.cls_token"] = r(1, 1, VW)
-    s[f"{v}.pos_embed"] = r(1, (IMG // PATCH) ** 2 + 1, VW)
-    s[f"{v}.patch_embed.proj.weight"] = r(VW, 3, PATCH, PATCH, scale=0.05)
-    s[f"{v}.patch_embed.proj.bias"] = r(VW, scale=0.05)
+    # small image embeddings (variance ~1e-5): the first LayerNorm then depends on its eps (BLIP: 1e-6)
+    s[f"{v}.cls_token"] = r(1, 1, VW, scale=0.003)
+    s[f"{v}.pos_embed"] = r(1, (IMG // PATCH) ** 2 + 1, VW, scale=0.003)
+    s[f"{v}.patch_embed.proj.weight"] = r(VW, 3, PATCH, PATCH, scale=0.0005)
+    s[f"{v}.patch_embed.proj.bias"] = r(VW, scale=0.003)
     for i in range(VDEPTH):
         b = f"{v}.blocks.{i}"
         s |= ln(f"{b}.norm1", VW) | ln(f"{b}.norm2", VW)
@@ -162,7 +163,7 @@ def test_loads_released_layout_and_matches_upstream_equations(folder):
             upstream_state(), mod.preprocess_images(views, IMG), tok["input_ids"], tok["attention_mask"]
         )
     assert got.shape == (5,)
-    assert torch.allclose(got, want, atol=1e-4), (got, want)
+    assert torch.allclose(got, want, atol=2e-5), (got, want)
     assert got.std() > 1e-3  # the prompts and images matter
     # packed batches across assets give the same numbers
     per = r.view_scores([views[:2], views[2:]], ["two blue cups", "a chair"])
