@@ -207,6 +207,13 @@ def process_batch(
             cfg.generate_batch_size,
         )
     issues = list(lb.issues)
+    check = getattr(generator, "prompt_issue", None)  # test stand-ins may lack the hook
+    for text in texts if check is not None else ():
+        why = check(text)
+        if why:
+            msg = f"prompt {text!r}: {why}; its scores say little"
+            logger.warning("%s", msg)
+            issues.append(msg)
     ok = [i for i in range(len(batch)) if bool(lb.valid[i].any())]
     q_l, spread = lb.q_l.numpy(), lb.spread.numpy()
     scale = 1.0 / n_total if att.target == "global" else 1.0

@@ -147,6 +147,14 @@ class GeneratorBase(ABC):
     def flow_models(self) -> dict[str, nn.Module]:
         """The flow transformers LoRA fine-tunes, by stage name."""
 
+    def prompt_issue(self, prompt: str) -> str | None:
+        """Why this backend cannot represent ``prompt`` (``None``: it can, as far as it knows).
+
+        Open-vocabulary backends keep the default; the embedded ShapeWorld generator names the
+        words outside its grammar, so a score of such a prompt is never read without a warning.
+        """
+        return None
+
     # ------------------------------------------------------------------------------ adapters
     def load_adapter(self, path: str | os.PathLike, merge: bool = True) -> GeneratorBase:
         """Apply a LoRA adapter folder (peft format, written by ``debias3d finetune``) in place.

@@ -90,3 +90,18 @@ def test_size_settings_have_upper_bounds(kw, bound):
         else:
             AuditConfig(**kw)
     assert bound in str(err.value)
+
+
+def test_embedded_generator_warns_per_prompt_outside_its_vocabulary(evaluator, tmp_path, caplog):
+    from debias3d.models.backbone.generator import MiniTrellisGenerator
+
+    class VocabBox(BoxGenerator):
+        """The box stand-in with the embedded generator's own vocabulary check."""
+
+        name = MiniTrellisGenerator.name
+        prompt_issue = MiniTrellisGenerator.prompt_issue
+
+    s = run_audit(["a red vase", "an astronaut riding a horse"], _cfg(), tmp_path / "a", generator=VocabBox(), evaluator=evaluator)  # fmt: skip
+    flagged = [i for i in s["issues"] if "outside ShapeWorld's vocabulary" in i]
+    assert len(flagged) == 1 and "astronaut" in flagged[0] and "\n" not in flagged[0]
+    assert "astronaut" in caplog.text

@@ -102,6 +102,17 @@ class MiniTrellisGenerator(GeneratorBase):
 
     name = "mini-trellis"
     shares_text_encoder = True
+
+    def prompt_issue(self, prompt: str) -> str | None:
+        """The ShapeWorld parse error of ``prompt`` (the only prompts this generator learned), else None."""
+        from debias3d.data.shapeworld.parser import ParseError, parse
+
+        try:
+            parse(prompt)
+        except (ParseError, ValueError, KeyError) as exc:
+            return f"outside ShapeWorld's vocabulary, which is all {self.name} can represent ({exc})"
+        return None
+
     #: stage-2 padded tokens per sampler batch (items are bucketed by voxel count)
     stage2_tokens_per_batch: int = 8192
 
