@@ -596,13 +596,13 @@ def outcome_line(o: dict[str, Any]) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
 
     failed, skipped = sum(o["failed"].values()), sum(o["skipped"].values())
-    line = f"{o['sources']} source prompts: {o['done']} gave pairs, {failed} failed"
+    line = f"{o['sources']} source prompts: {o['done']} gave winning pairs, {failed} failed"
     if failed:
         line += f" ({by(o['failed'])})"
     line += f", {skipped} skipped"
     if skipped:
         line += f" ({by(o['skipped'])})"
-    return line + f"; {o['pairs']} pairs"
+    return line + f"; {o['pairs']} dataset rows"
 
 
 def _merge(

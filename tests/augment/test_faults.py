@@ -59,7 +59,7 @@ def test_zero_pairs_still_writes_every_output(small_audit, tmp_path):
     assert _outputs_written(out)["pairs"]["rows"] == 0
     o = summary["outcome"]
     assert o["sources"] == 3 and o["done"] == 0 and sum(o["failed"].values()) == 3
-    assert o["line"].startswith("3 source prompts: 0 gave pairs, 3 failed (llm: unusable answer 3)")
+    assert o["line"].startswith("3 source prompts: 0 gave winning pairs, 3 failed (llm: unusable answer 3)")
     rejected = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
     assert len(rejected) == 3 and {r["reason"] for r in rejected} == {"llm_error"}
     html = (out / "report.html").read_text()
@@ -83,7 +83,7 @@ def test_cli_exit_status_when_nothing_came_out(small_audit, tmp_path):
     p.to_parquet(audit / "prompts.parquet")
     res = CliRunner().invoke(app, ["augment", "--audit", str(audit), "--out", str(tmp_path / "o"), *BASE])
     assert res.exit_code == 3, res.output
-    assert "3 source prompts: 0 gave pairs, 3 failed" in res.output
+    assert "3 source prompts: 0 gave winning pairs, 3 failed" in res.output
     assert "no pairs came out" in res.output and "Traceback" not in res.output
     assert (tmp_path / "o" / "summary.json").is_file()
 

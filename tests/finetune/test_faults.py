@@ -173,3 +173,25 @@ def test_pair_mesh_paths_stay_inside_the_augment_folder(tmp_path):
     # absolute paths into another folder and ../ are refused; the in-folder relative row is used
     assert ts.stats["skipped"] == {"mesh_outside_folder": 3}
     assert ts.stats["pairs_used"] == 1
+
+
+def test_accelerate_launch_checks_the_pairs_before_starting_processes(tmp_path, monkeypatch):
+    import debias3d.finetune as ft
+    from debias3d.finetune.data import DataError
+
+    launched = []
+    monkeypatch.setattr(ft.subprocess, "run", lambda *a, **k: launched.append(a))
+    acc = tmp_path / "acc.yaml"
+    acc.write_text("compute_environment: LOCAL_MACHINE\nnum_processes: 2\n")
+    with pytest.raises(DataError, match="not found"):
+        ft.finetune_command(None, [f"data.pairs={tmp_path / 'nope'}"], tmp_path / "o", accelerate_config=acc)
+    assert not launched
+
+    class Failed:
+        returncode = 2
+
+    monkeypatch.setattr(ft.subprocess, "run", lambda *a, **k: Failed())
+    monkeypatch.setattr("debias3d.finetune.data.check_dataset", lambda *a, **k: 4)
+    with pytest.raises(ValueError, match="exit status 2") as err:
+        ft.finetune_command(None, ["data.pairs=x"], tmp_path / "o", accelerate_config=acc)
+    assert "\n" not in str(err.value)
