@@ -275,3 +275,20 @@ def test_probe_prompts_on_a_tiny_evaluator(evaluator):
     expect = (full[:, col] - cut[:, col]).double().numpy()
     assert w.per_sample[:2] == pytest.approx(expect, abs=1e-4)
     assert res.scores.shape == (b, d)
+
+
+def test_missing_masked_lm_folder_is_one_line_and_the_audit_goes_on(tmp_path):
+    from debias3d.bias_audit.config import AttributionConfig, AuditConfig, ProbeConfig
+    from debias3d.bias_audit.pipeline import build_probe_proposer
+
+    att = AttributionConfig(
+        methods=("grad", "contrastive"),
+        probes=ProbeConfig(proposer="mlm", mlm_path=str(tmp_path / "no-bert")),
+    )
+    proposer, msg = build_probe_proposer(AuditConfig(attribution=att), tmp_path, frozenset())
+    assert proposer is None and "contrastive probe skipped" in msg and "no-bert" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="wordlist must name a YAML file"):
+        ProbeConfig(proposer="wordlist")
+    with pytest.raises(ValueError, match="select 'occlusion' must be one of methods"):
+        AttributionConfig(methods=("grad",), select="occlusion")
+    assert AttributionConfig(methods=("grad", "occlusion")).select == "occlusion"  # best of those run
