@@ -37,7 +37,17 @@ def test_a_terminal_keeps_the_bar():
 
 def test_piped_command_writes_no_carriage_returns_nor_weight_bars(tmp_path):
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "debias3d", "generate", "a red vase", "--samples", "1", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "debias3d",
+        "generate",
+        "a red vase",
+        "--samples",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr and "Loading weights" not in proc.stderr

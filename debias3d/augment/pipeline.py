@@ -45,6 +45,7 @@ from debias3d.augment.job import PLAN_NAME, JobStore, item_key, read_records, us
 from debias3d.augment.job import status as job_status
 from debias3d.augment.semantic import is_missing, select_keep_words, stable_seed
 from debias3d.augment.text import tokens
+from debias3d.data.assets import mesh_bytes
 from debias3d.runs import RunLock, atomic_write_text, estimate_line, inside
 
 __all__ = [
@@ -405,9 +406,9 @@ def _visual_record_intact(rec: dict[str, Any] | None, out: Path) -> bool:
 
 
 def _load_mesh(path: Path) -> Any:
-    import trimesh
+    from debias3d.data.assets import load_mesh
 
-    return trimesh.load(path, force="mesh")
+    return load_mesh(path)
 
 
 def _orig_voxels(
@@ -488,7 +489,7 @@ def _run_visual(
 
         voxels = mesh_to_voxels(asset.mesh, cfg.visual.resolution)
     mesh_rel = f"meshes/{key}.glb"
-    glb = asset.mesh.export(file_type="glb")
+    glb = mesh_bytes(asset.mesh, "glb")
     store.write_file(out / mesh_rel, glb)
     base = {**base, "mesh": mesh_rel, "mesh_bytes": len(glb), "voxels": encode_voxels(voxels)}
     try:

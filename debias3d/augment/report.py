@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from debias3d.data.assets import load_mesh
 from debias3d.runs import atomic_write_text
 
 __all__ = ["write_report", "render_report", "TEMPLATE"]
@@ -90,16 +91,13 @@ class _Thumbs:
         if self.failed or not path.is_file():
             return ""
         try:
-            import trimesh
             from PIL import Image
 
             from debias3d.render import Camera, Renderer
 
             if self._renderer is None:
                 self._renderer = Renderer(image_size=self.size)
-            img = self._renderer.render(
-                trimesh.load(path, force="mesh"), [Camera.orbit(25.0, 45.0, 2.2, math.pi / 3)]
-            )[0]
+            img = self._renderer.render(load_mesh(path), [Camera.orbit(25.0, 45.0, 2.2, math.pi / 3)])[0]
             buf = io.BytesIO()
             Image.fromarray(np.asarray(img, np.uint8)).save(buf, format="PNG")
             return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from debias3d.data.assets import DEFAULT_RESOLUTION, Asset
+from debias3d.data.assets import DEFAULT_RESOLUTION, Asset, load_mesh
 from debias3d.registry import register
 
 __all__ = [
@@ -126,7 +126,6 @@ class CommandExternalGenerator:
 
     def generate_one(self, prompt: str, seed: int) -> Asset:
         """Run the command for one prompt. Raises :class:`ExternalGenerationError` (one line)."""
-        import trimesh
 
         with tempfile.TemporaryDirectory(prefix="debias3d-cmd-") as tmp:
             out = os.path.join(tmp, "mesh" + self.suffix)
@@ -158,7 +157,7 @@ class CommandExternalGenerator:
                     f"command wrote no mesh at {{out}} ({_tail(stderr) or 'no stderr'})"
                 )
             try:
-                mesh = trimesh.load(out, force="mesh")
+                mesh = load_mesh(out)
             except (ValueError, OSError, KeyError, IndexError) as err:
                 raise ExternalGenerationError(f"unreadable mesh: {_tail(str(err))}") from err
             if len(getattr(mesh, "faces", ())) == 0:

@@ -205,7 +205,9 @@ class AuditConfig:
     )
     generator_options: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "backend options for the generator (trellis: export, simplify, ...; docs/trellis.md)"},
+        metadata={
+            "help": "backend options for the generator (trellis: export, simplify, ...; docs/trellis.md)"
+        },
     )
     evaluator: str = field(
         default="shapeworld-hyperscore", metadata={"help": "evaluator backend (registry name)"}

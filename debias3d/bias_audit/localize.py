@@ -128,7 +128,9 @@ def _export(asset: Any, path: Path) -> str | None:
         return "mesh has no faces"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        mesh.export(str(path), file_type="glb")
+        from debias3d.data.assets import save_mesh
+
+        save_mesh(mesh, path, "glb")
     except (ValueError, TypeError, AttributeError, OSError) as exc:
         return f"cannot write GLB: {exc}"
     return None

@@ -7,16 +7,67 @@ Grid convention (used by ShapeWorld, the mini generator, the measurer and the re
   ``-1 + (i + 0.5) * 2 / R``.
 * ``occupancy`` is ``(R, R, R)`` bool; ``colors`` is ``(R, R, R, 3)`` float32 in ``[0, 1]`` (zero where empty).
 * Meshes are ``trimesh.Trimesh`` in the same world frame (z up), with per-vertex RGBA colours.
+
+Files: glTF / GLB is y-up by specification, so :func:`save_mesh` turns the z-up frame to y-up
+when it writes a GLB and :func:`load_mesh` turns a GLB back to z-up; a mesh written and read
+back is unchanged, and a standard viewer shows it standing. OBJ and PLY carry no up axis and are
+written in the internal frame.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 DEFAULT_RESOLUTION = 16
+
+#: z-up (this project) to y-up (glTF): a -90 degree turn about x, ``(x, y, z) -> (x, z, -y)``.
+Z_UP_TO_Y_UP = np.array(
+    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+#: y-up (glTF) back to z-up, ``(x, y, z) -> (x, -z, y)``.
+Y_UP_TO_Z_UP = Z_UP_TO_Y_UP.T.copy()
+_Y_UP_TYPES = ("glb", "gltf")
+
+
+def _file_type(path: str | os.PathLike, file_type: str | None) -> str:
+    return (file_type or Path(path).suffix.lstrip(".")).lower()
+
+
+def mesh_bytes(mesh: Any, file_type: str = "glb") -> bytes:
+    """``mesh`` (z-up) encoded as ``file_type``; a GLB is turned y-up as glTF requires."""
+    if file_type.lower() in _Y_UP_TYPES:
+        mesh = mesh.copy()
+        mesh.apply_transform(Z_UP_TO_Y_UP)
+    return mesh.export(file_type=file_type)
+
+
+def save_mesh(mesh: Any, path: str | os.PathLike, file_type: str | None = None) -> Path:
+    """Write ``mesh`` (z-up) to ``path`` (GLB y-up; OBJ / PLY as they are); returns the path."""
+    path = Path(path)
+    data = mesh_bytes(mesh, _file_type(path, file_type))
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return path
+
+
+def load_mesh(path: Any, file_type: str | None = None, **kwargs: Any) -> Any:
+    """Read a mesh file (or file object with ``file_type``) into the z-up frame as one
+    ``trimesh.Trimesh``; a GLB / glTF is turned from y-up back to z-up."""
+    import trimesh
+
+    mesh = trimesh.load(path, file_type=file_type, force="mesh", **kwargs)
+    if isinstance(mesh, trimesh.Scene):  # an empty scene
+        mesh = mesh.to_geometry()
+    kind = (
+        file_type or (Path(path).suffix.lstrip(".") if isinstance(path, (str, os.PathLike)) else "")
+    ).lower()
+    if kind in _Y_UP_TYPES:
+        mesh.apply_transform(Y_UP_TO_Z_UP)
+    return mesh
 
 
 def voxel_centers(resolution: int = DEFAULT_RESOLUTION) -> np.ndarray:

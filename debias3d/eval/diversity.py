@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from debias3d.data.assets import load_mesh
+
 __all__ = ["sample_surface", "chamfer_distance", "pairwise_chamfer", "prompt_diversity"]
 
 
@@ -41,7 +43,7 @@ def sample_surface(mesh: Any, n_points: int = 1024, seed: int = 0) -> np.ndarray
 
     m = _mesh(mesh)
     if isinstance(m, (str, bytes)) or hasattr(m, "__fspath__"):
-        m = trimesh.load(m, force="mesh")
+        m = load_mesh(m)
     if isinstance(m, trimesh.Scene):
         m = m.to_geometry() if hasattr(m, "to_geometry") else m.dump(concatenate=True)
     if m is None or len(getattr(m, "faces", ())) == 0 or float(m.area) <= 0.0:

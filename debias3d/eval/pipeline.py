@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from debias3d.data.assets import save_mesh
 from debias3d.eval.config import EvalConfig, EvalTargets
 from debias3d.models.persistence import read_json
 
@@ -412,7 +413,7 @@ def evaluate_model(
                 if a is None or len(getattr(a.mesh, "faces", ())) == 0:
                     continue
                 rel = f"meshes/{name}/{p.id}_{d}.glb"
-                a.mesh.export(Path(out_dir) / rel, file_type="glb")
+                save_mesh(a.mesh, Path(out_dir) / rel, "glb")
                 samples.loc[(samples["prompt_index"] == p.index) & (samples["sample"] == d), "mesh"] = rel
 
     run = ModelRun(name, samples, verdicts, words, diversity, fsum)

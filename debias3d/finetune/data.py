@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from debias3d.data.assets import load_mesh
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -171,10 +173,9 @@ def check_mesh_file(path: Path | None) -> str | None:
         version = int.from_bytes(head[4:8], "little")
         length = int.from_bytes(head[8:12], "little")
         return None if version == 2 and length == size else "broken_mesh"
-    import trimesh
 
     try:
-        mesh = trimesh.load(path, force="mesh")
+        mesh = load_mesh(path)
     except Exception as e:  # noqa: BLE001 — any parser error of a foreign file makes this row a skip
         logger.debug("mesh %s unreadable: %s", path, e)
         return "broken_mesh"

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from debias3d.data.assets import load_mesh
 from debias3d.render.cameras import NORMALIZE_MODES, Camera, CameraRig
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def _as_trimesh(mesh: MeshLike) -> trimesh.Trimesh:
     if isinstance(mesh, (str, os.PathLike)):
         path = Path(mesh)
         try:
-            loaded = trimesh.load(path, force="mesh", process=False)
+            loaded = load_mesh(path, process=False)
         except (OSError, ValueError, KeyError, IndexError) as exc:
             raise RenderError(f"cannot load mesh file {path}: {exc}") from exc
         mesh = loaded

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from debias3d.data.assets import save_mesh
 from debias3d.models.ranker.base import RankerBase
 
 AUDIT_PROMPTS = [
@@ -48,7 +49,7 @@ def make_audit(root: Path, prompts: list[tuple[str, str, str, str]] | None = Non
             s = spec.without(w_l) if d == 0 else spec
             asset = build(s, rng=np.random.default_rng(100 * i + d), mesh_resolution=None, prompt=text)
             rel = f"meshes/{pid}_{d}.glb"
-            asset.mesh.export(root / rel)
+            save_mesh(asset.mesh, root / rel)  # as the audit writes it (GLB y-up)
             srow.append(
                 {
                     "prompt_id": pid,

@@ -162,13 +162,13 @@ def test_job_store_torn_line_and_atomic_files(tmp_path):
 
 
 def test_voxels_in_dataset_match_mesh_files(run):
-    import trimesh
     from datasets import load_from_disk
 
+    from debias3d.data.assets import load_mesh
     from debias3d.data.shapeworld.voxelize import mesh_to_voxels
 
     out, _cfg, _ = run
     row = load_from_disk(str(out / "pairs"))[0]
     occ = np.array(row["occupancy"], np.uint8).reshape(16, 16, 16)
-    mesh_occ = mesh_to_voxels(trimesh.load(out / row["mesh"], force="mesh"), 16).occupancy
+    mesh_occ = mesh_to_voxels(load_mesh(out / row["mesh"]), 16).occupancy
     assert (occ.astype(bool) == mesh_occ).mean() > 0.9

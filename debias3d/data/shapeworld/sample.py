@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from debias3d.data.assets import save_mesh
 from debias3d.data.shapeworld import vocab
 from debias3d.data.shapeworld.builder import build
 from debias3d.data.shapeworld.grammar import sample_prompts
@@ -50,7 +51,7 @@ def write_sample(
         for i, p in enumerate(prompts):
             asset = build(p.spec, rng=np.random.default_rng([seed, i]), prompt=p.text)
             path = out / "meshes" / f"{i:03d}.glb"
-            asset.mesh.export(path)
+            save_mesh(asset.mesh, path)
             paths.append(path)
             images.append(renderer.render(asset.mesh, [camera], normalize="none")[0])
             rows.append({"index": i, "prompt": p.text, "category": p.category, "mesh": f"meshes/{path.name}"})

@@ -59,7 +59,8 @@ def voxels_to_mesh(voxels: VoxelGrid):
 
 
 def export_mesh(mesh, path: str | os.PathLike, file_format: str | None = None) -> Path:
-    """Write ``mesh`` as GLB, OBJ or PLY (chosen by ``file_format`` or the path's suffix)."""
+    """Write ``mesh`` as GLB (y-up, as glTF requires), OBJ or PLY (chosen by ``file_format`` or the
+    path's suffix); see :func:`debias3d.data.assets.save_mesh`."""
     path = Path(path)
     fmt = (file_format or path.suffix.lstrip(".")).lower()
     if fmt not in MESH_FORMATS:
@@ -67,5 +68,6 @@ def export_mesh(mesh, path: str | os.PathLike, file_format: str | None = None) -
     if path.suffix.lower() != f".{fmt}":
         path = path.with_suffix(f".{fmt}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    mesh.export(path, file_type=fmt)
-    return path
+    from debias3d.data.assets import save_mesh
+
+    return save_mesh(mesh, path, fmt)
