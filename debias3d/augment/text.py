@@ -14,8 +14,9 @@ is reproducible, fast and dependency-free.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
+
+from debias3d.data.text import words
 
 __all__ = ["tokens", "lemma", "lemmas", "contains_words", "missing_words"]
 
@@ -47,9 +48,8 @@ _KEEP_S = {
 
 
 def tokens(text: str) -> list[str]:
-    """Lower-case word tokens; punctuation dropped, inner hyphens kept (``upside-down``)."""
-    t = re.sub(r"[^a-z0-9\- ]+", " ", text.lower())
-    return [w.strip("-") for w in t.split() if w.strip("-")]
+    """Lower-case words (:func:`debias3d.data.text.words`: inner hyphens and apostrophes kept)."""
+    return words(text)
 
 
 def lemma(word: str) -> str:

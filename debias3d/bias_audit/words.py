@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from debias3d.data.text import WORD_RE, word_spans
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ __all__ = [
     "spearman",
 ]
 
-#: A word: letters/digits, with inner hyphens or apostrophes ("upside-down", "it's").
-WORD_RE = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*", re.UNICODE)
 
 #: English function words used when no list is configured (ShapeWorld's list is added by config).
 DEFAULT_STOP_WORDS: frozenset[str] = frozenset(
@@ -82,7 +81,7 @@ def split_words(text: str) -> list[tuple[str, int, int]]:
     >>> split_words("a vase, upside-down!")
     [('a', 0, 1), ('vase', 2, 6), ('upside-down', 8, 19)]
     """
-    return [(m.group(0), m.start(), m.end()) for m in WORD_RE.finditer(text)]
+    return word_spans(text)
 
 
 def merge_tokens(

@@ -13,10 +13,9 @@ attribute word belongs to the segment it appears in.
 
 from __future__ import annotations
 
-import re
-
 from debias3d.data.shapeworld import vocab
 from debias3d.data.shapeworld.spec import ObjectSpec, SceneSpec
+from debias3d.data.text import words
 
 
 class ParseError(ValueError):
@@ -27,10 +26,8 @@ _PHRASES = {"upside down": "upside-down", "on top of": "on_top_of", "next to": "
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens; punctuation dropped, hyphens kept (``upside-down`` is one word)."""
-    t = text.lower()
-    t = re.sub(r"[^a-z\- ]+", " ", t)
-    return [w.strip("-") for w in t.split() if w.strip("-")]
+    """Lower-case words (:func:`debias3d.data.text.words`; ``upside-down`` is one word)."""
+    return words(text)
 
 
 def prompt_words(text: str) -> list[str]:
