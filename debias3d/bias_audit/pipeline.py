@@ -207,7 +207,7 @@ def process_batch(
             cfg.generate_batch_size,
         )
     issues = list(lb.issues)
-    check = getattr(generator, "prompt_issue", None)  # test stand-ins may lack the hook
+    check = getattr(generator, "cannot_represent", None)  # test stand-ins may lack the hook
     for text in texts if check is not None else ():
         why = check(text)
         if why:

@@ -33,9 +33,7 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,7 @@ import pandas as pd
 
 from debias3d.data.assets import save_mesh
 from debias3d.eval.config import EvalConfig, EvalTargets
-from debias3d.models.persistence import read_json
+from debias3d.runs import RunLock, Timer, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +80,7 @@ class EvalPrompt:
         return prompt_id(self.text)
 
 
-class _Timer:
-    def __init__(self) -> None:
-        self.t: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, key: str):  # noqa: ANN204
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.t[key] = self.t.get(key, 0.0) + time.perf_counter() - t0
+_Timer = Timer  # one timer class for every stage (debias3d.runs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,11 +212,10 @@ class ModelRun:
         self.verdicts.to_parquet(d / "verdicts.parquet", index=False)
         self.words.to_parquet(d / "words.parquet", index=False)
         self.diversity.to_parquet(d / "diversity.parquet", index=False)
-        (d / "run.json").write_text(
-            json.dumps(
-                {"name": self.name, "fidelity_summary": self.fidelity_summary}, indent=2, default=float
-            )
+        meta = json.loads(
+            json.dumps({"name": self.name, "fidelity_summary": self.fidelity_summary}, default=float)
         )
+        atomic_write_json(d / "run.json", meta)
         return d
 
     @classmethod
@@ -674,7 +661,7 @@ def write_outputs(
     for name, df in tables.items():
         df.to_csv(out / "tables" / f"{name}.csv", index=False)
     clean = _jsonable(summary)
-    (out / "summary.json").write_text(json.dumps(clean, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(out / "summary.json", clean)
     return clean
 
 
@@ -708,13 +695,32 @@ def run_eval(
     Returns:
         The summary (also ``summary.json``), with ``NaN`` written as ``null``.
     """
-    import torch
 
     cfg = cfg or EvalConfig()
     if adapter is not None and finetuned_generator is None:
         check_adapter(adapter)  # before the base model costs any time
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):  # a second eval on the same --out is refused instead of racing this one
+        return _run_eval(
+            cfg, out, adapter, generator, finetuned_generator, evaluator, ranker, base_run, prompts, progress
+        )
+
+
+def _run_eval(
+    cfg: EvalConfig,
+    out: Path,
+    adapter: str | os.PathLike | None,
+    generator: Any,
+    finetuned_generator: Any,
+    evaluator: Any,
+    ranker: Any,
+    base_run: ModelRun | str | os.PathLike | None,
+    prompts: Sequence[EvalPrompt] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    import torch
+
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     timer = _Timer()
@@ -748,9 +754,7 @@ def run_eval(
 
         with timer("report"):
             write_eval_report(out, summary, tables)
-    (out / "timings.json").write_text(
-        json.dumps({k: round(v, 3) for k, v in timer.t.items()}, indent=2) + "\n"
-    )
+    atomic_write_json(out / "timings.json", {k: round(v, 3) for k, v in timer.t.items()})
     _log_headline(summary)
     return summary
 

@@ -147,7 +147,7 @@ class GeneratorBase(ABC):
     def flow_models(self) -> dict[str, nn.Module]:
         """The flow transformers LoRA fine-tunes, by stage name."""
 
-    def prompt_issue(self, prompt: str) -> str | None:
+    def cannot_represent(self, prompt: str) -> str | None:
         """Why this backend cannot represent ``prompt`` (``None``: it can, as far as it knows).
 
         Open-vocabulary backends keep the default; the embedded ShapeWorld generator names the

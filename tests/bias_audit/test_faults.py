@@ -99,7 +99,7 @@ def test_embedded_generator_warns_per_prompt_outside_its_vocabulary(evaluator, t
         """The box stand-in with the embedded generator's own vocabulary check."""
 
         name = MiniTrellisGenerator.name
-        prompt_issue = MiniTrellisGenerator.prompt_issue
+        cannot_represent = MiniTrellisGenerator.cannot_represent
 
     s = run_audit(["a red vase", "an astronaut riding a horse"], _cfg(), tmp_path / "a", generator=VocabBox(), evaluator=evaluator)  # fmt: skip
     flagged = [i for i in s["issues"] if "outside ShapeWorld's vocabulary" in i]

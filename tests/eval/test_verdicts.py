@@ -95,3 +95,13 @@ def test_truncated_adapter_is_refused_before_any_model_runs(tmp_path):
     (d / "adapter_config.json").write_text(json.dumps({"r": 4, "target_modules": ["to_q"]}))
     with pytest.raises(ValueError, match="adapter_model.safetensors: not a readable safetensors file"):
         check_adapter(d)
+
+
+def test_second_eval_on_the_same_out_is_refused(tmp_path):
+    import pytest
+
+    from debias3d.eval.pipeline import run_eval
+    from debias3d.runs import RunLock, RunLockedError
+
+    with RunLock(tmp_path), pytest.raises(RunLockedError, match="in use by another run"):
+        run_eval(out_dir=tmp_path)

@@ -103,7 +103,7 @@ class MiniTrellisGenerator(GeneratorBase):
     name = "mini-trellis"
     shares_text_encoder = True
 
-    def prompt_issue(self, prompt: str) -> str | None:
+    def cannot_represent(self, prompt: str) -> str | None:
         """The ShapeWorld parse error of ``prompt`` (the only prompts this generator learned), else None."""
         from debias3d.data.shapeworld.parser import ParseError, parse
 
