@@ -368,8 +368,9 @@ def run_demo(
             "eval_samples": ev_cfg.samples,
         },
         "audit": {
-            "global_w_h": audit_summary.get("global_w_h"),
-            "global_w_l": audit_summary.get("global_w_l"),
+            "select": audit_summary.get("select"),
+            "global_w_h": audit_summary.get("w_h"),
+            "global_w_l": audit_summary.get("w_l"),
         },
         "eval": {
             k: eval_summary.get(k)

@@ -198,3 +198,10 @@ def test_audit_after_scores_the_finetuned_meshes(demo):
             assert diff < 1e-5, r["prompt_id"]
         else:
             assert diff > 1e-6, r["prompt_id"]
+
+
+def test_demo_summary_names_the_audit_words(demo):
+    out, summary = demo
+    audit = json.loads((out / "audit" / "summary.json").read_text())
+    assert summary["audit"]["select"] == audit["select"] == "contrastive"
+    assert summary["audit"]["global_w_l"] == audit["w_l"] is not None
