@@ -541,6 +541,7 @@ def evaluate(
     out: OutOpt = Path("eval"),
     samples: SamplesOpt = None,
     seed: SampleSeedOpt = None,
+    resume: Annotated[bool, typer.Option(help="Reuse model runs already finished in --out.")] = False,
     overrides: OverridesOpt = None,
 ) -> None:
     """Evaluate base vs fine-tuned: `debias3d eval --config configs/shapeworld/eval.yaml --adapter ft/ --out eval/`.
@@ -550,7 +551,7 @@ def evaluate(
     from debias3d.eval.pipeline import eval_command
 
     with _user_errors():
-        eval_command(config, _overrides(overrides, samples=samples, seed=seed), adapter, out)
+        eval_command(config, _overrides(overrides, samples=samples, seed=seed), adapter, out, resume=resume)
     typer.echo(f"eval: {out / 'summary.json'}, {out / 'report.html'}")
 
 

@@ -267,17 +267,22 @@ class RunFingerprint:
                 diffs.append(f"{k} differ from the ones the folder was made from")
         return diffs
 
-    def write(self, out_dir: str | os.PathLike) -> Path:
-        """Record this fingerprint in ``out_dir/run.json``."""
-        return atomic_write_json(Path(out_dir) / FINGERPRINT_NAME, self.to_dict())
+    def write(self, out_dir: str | os.PathLike, name: str = FINGERPRINT_NAME) -> Path:
+        """Record this fingerprint in ``out_dir/name`` (``run.json``)."""
+        return atomic_write_json(Path(out_dir) / name, self.to_dict())
 
-    def check(self, out_dir: str | os.PathLike, fresh_hint: str = "run without --resume") -> None:
+    def check(
+        self,
+        out_dir: str | os.PathLike,
+        fresh_hint: str = "run without --resume",
+        name: str = FINGERPRINT_NAME,
+    ) -> None:
         """Raise :class:`FingerprintError` when ``out_dir/run.json`` records other settings or inputs.
 
         A folder without ``run.json`` (made before fingerprints were kept) passes with a warning.
         The message is one line: what differs, and the two ways out (start fresh / resume as made).
         """
-        path = Path(out_dir) / FINGERPRINT_NAME
+        path = Path(out_dir) / name
         if not path.is_file():
             logger.warning("%s records no settings fingerprint; resuming without a check", out_dir)
             return

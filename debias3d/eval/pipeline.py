@@ -43,7 +43,14 @@ import pandas as pd
 
 from debias3d.data.assets import save_mesh
 from debias3d.eval.config import EvalConfig, EvalTargets
-from debias3d.runs import RunLock, Timer, atomic_write_json, read_json
+from debias3d.runs import (
+    RunFingerprint,
+    RunLock,
+    Timer,
+    atomic_write_json,
+    fingerprint,
+    read_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -665,6 +672,37 @@ def write_outputs(
     return clean
 
 
+# Settings that change no model run (summary statistics, output extras, speed).
+_NOT_IN_RUN = ("report", "num_threads", "device", "bootstrap", "ci", "neglected_quantile", "min_word_uses",
+               "rare_fraction", "save_meshes", "evaluator_batch_size", "generate_batch_size")  # fmt: skip
+RUN_FINGERPRINT = "fingerprint.json"
+
+
+def _folder_digest(path: str | os.PathLike | None) -> str | None:
+    """Names, sizes and modification times of a weights / adapter folder's files (cheap identity)."""
+    if path is None or not Path(path).exists():
+        return None
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    return fingerprint([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+
+
+def model_fingerprint(
+    cfg: EvalConfig, name: str, prompts: Sequence[EvalPrompt], adapter: str | os.PathLike | None
+) -> RunFingerprint:
+    """What decides one model's samples in an eval folder: settings, prompts, weights and adapter."""
+    from debias3d.config import to_dict
+
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_RUN}
+    inputs = {"prompts": fingerprint([(p.index, p.text, p.category) for p in prompts])}
+    weights = _folder_digest(cfg.generator_weights)
+    if weights:
+        inputs["generator weights"] = weights
+    if adapter is not None:
+        inputs["adapter"] = _folder_digest(adapter) or str(adapter)
+    return RunFingerprint(f"eval:{name}", settings, inputs)
+
+
 def run_eval(
     cfg: EvalConfig | None = None,
     out_dir: str | os.PathLike = "eval",
@@ -677,6 +715,7 @@ def run_eval(
     base_run: ModelRun | str | os.PathLike | None = None,
     prompts: Sequence[EvalPrompt] | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the base model and, with ``adapter``, the fine-tuned one; write ``out_dir``.
 
@@ -691,6 +730,9 @@ def run_eval(
             seeds, reused instead of re-generating (ablations evaluate the base once).
         prompts: evaluation prompts (default: :func:`load_eval_prompts`).
         progress: show progress bars.
+        resume: reuse a model run already finished in ``out_dir`` (``<model>/``, sealed with its
+            ``fingerprint.json``); one made with other settings, prompts, weights or adapter is a
+            one-line error that says how to start fresh.
 
     Returns:
         The summary (also ``summary.json``), with ``NaN`` written as ``null``.
@@ -703,7 +745,17 @@ def run_eval(
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):  # a second eval on the same --out is refused instead of racing this one
         return _run_eval(
-            cfg, out, adapter, generator, finetuned_generator, evaluator, ranker, base_run, prompts, progress
+            cfg,
+            out,
+            adapter,
+            generator,
+            finetuned_generator,
+            evaluator,
+            ranker,
+            base_run,
+            prompts,
+            progress,
+            resume,
         )
 
 
@@ -718,6 +770,7 @@ def _run_eval(
     base_run: ModelRun | str | os.PathLike | None,
     prompts: Sequence[EvalPrompt] | None,
     progress: bool,
+    resume: bool = False,
 ) -> dict[str, Any]:
     import torch
 
@@ -732,16 +785,27 @@ def _run_eval(
     runs: list[ModelRun] = []
     if base_run is not None:
         runs.append(base_run if isinstance(base_run, ModelRun) else ModelRun.load(base_run))
+    elif (done := _finished_run(out, model_fingerprint(cfg, "base", prompts, None), resume)) is not None:
+        runs.append(done)
     else:
         with timer("load_models"):
             gen = generator if generator is not None else load_generator(cfg, None, text_encoder=te)
         runs.append(evaluate_model("base", gen, prompts, cfg, evaluator, ranker, out, progress, timer))
+        model_fingerprint(cfg, "base", prompts, None).write(out / "base", RUN_FINGERPRINT)  # seals the run
     if adapter is not None or finetuned_generator is not None:
-        with timer("load_models"):
-            ft = finetuned_generator
-            if ft is None:
-                ft = load_generator(cfg, adapter, text_encoder=te)
-        runs.append(evaluate_model("finetuned", ft, prompts, cfg, evaluator, ranker, out, progress, timer))
+        fp = model_fingerprint(cfg, "finetuned", prompts, adapter)
+        done = _finished_run(out, fp, resume and finetuned_generator is None)
+        if done is not None:
+            runs.append(done)
+        else:
+            with timer("load_models"):
+                ft = finetuned_generator
+                if ft is None:
+                    ft = load_generator(cfg, adapter, text_encoder=te)
+            runs.append(
+                evaluate_model("finetuned", ft, prompts, cfg, evaluator, ranker, out, progress, timer)
+            )
+            fp.write(out / "finetuned", RUN_FINGERPRINT)
     with timer("summarize"):
         summary, tables = summarize(runs, cfg)
     from debias3d.config import to_dict
@@ -757,6 +821,17 @@ def _run_eval(
     atomic_write_json(out / "timings.json", {k: round(v, 3) for k, v in timer.t.items()})
     _log_headline(summary)
     return summary
+
+
+def _finished_run(out: Path, fp: RunFingerprint, resume: bool) -> ModelRun | None:
+    """The sealed model run of ``fp`` in ``out`` when resuming, else None (it is computed again)."""
+    name = fp.stage.split(":", 1)[1]
+    folder = out / name
+    if not resume or not (folder / RUN_FINGERPRINT).is_file() or not (folder / "run.json").is_file():
+        return None
+    fp.check(folder, fresh_hint="run without --resume", name=RUN_FINGERPRINT)
+    logger.info("resume: %s model run reused from %s", name, folder)
+    return ModelRun.load(folder)
 
 
 def _log_headline(summary: dict[str, Any]) -> None:
@@ -788,8 +863,9 @@ def eval_command(
     overrides: Sequence[str] | None = None,
     adapter: str | os.PathLike | None = None,
     out: str | os.PathLike = "eval",
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """CLI body of ``debias3d eval --config C [--adapter DIR] --out O [key=value ...]``.
+    """CLI body of ``debias3d eval --config C [--adapter DIR] --out O [--resume] [key=value ...]``.
 
     Raises:
         debias3d.config.ConfigError: bad config file or override (one line).
@@ -800,7 +876,7 @@ def eval_command(
     cfg = load_config(EvalConfig, config, list(overrides or []))
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: not an adapter folder (no adapter_config.json)")
-    return run_eval(cfg, out, adapter=adapter)
+    return run_eval(cfg, out, adapter=adapter, resume=resume)
 
 
 def replace(cfg: EvalConfig, **changes: Any) -> EvalConfig:

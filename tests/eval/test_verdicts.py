@@ -105,3 +105,34 @@ def test_second_eval_on_the_same_out_is_refused(tmp_path):
 
     with RunLock(tmp_path), pytest.raises(RunLockedError, match="in use by another run"):
         run_eval(out_dir=tmp_path)
+
+
+def test_resume_reuses_a_finished_model_run_and_refuses_other_settings(tiny_models, tmp_path):
+    import dataclasses
+    import json
+
+    import pytest
+
+    from debias3d.eval.config import EvalConfig
+    from debias3d.eval.pipeline import run_eval
+    from debias3d.runs import FingerprintError
+
+    cfg = EvalConfig(generator_weights=str(tiny_models["weights"]), per_category=1, max_prompts=4, samples=1,
+                     t3bench=False, diversity=False, report=False, bootstrap=50, save_meshes=0)  # fmt: skip
+    kw = {"evaluator": tiny_models["evaluator"], "ranker": tiny_models["ranker"], "progress": False}
+    first = run_eval(cfg, tmp_path, **kw)
+    assert (tmp_path / "base" / "fingerprint.json").is_file()
+
+    class NoGenerator:
+        """Any generation here would mean the finished base run was not reused."""
+
+        text_encoder = None
+
+        def generate(self, *a, **k):  # noqa: ANN002, ANN003, ANN201
+            raise AssertionError("generated again")
+
+    again = run_eval(cfg, tmp_path, generator=NoGenerator(), resume=True, **kw)
+    assert json.dumps(again["fidelity"], sort_keys=True) == json.dumps(first["fidelity"], sort_keys=True)
+    with pytest.raises(FingerprintError, match="samples: 2 here, 1 in the folder") as err:
+        run_eval(dataclasses.replace(cfg, samples=2), tmp_path, generator=NoGenerator(), resume=True, **kw)
+    assert "run without --resume" in str(err.value) and "\n" not in str(err.value)
