@@ -10,10 +10,10 @@ TRELLIS's ``Pipeline`` (``from_pretrained``) and peft's ``BaseTuner`` (adapters 
 - ``merge_adapter(out_dir)`` writes the adapted weights as a new ``from_pretrained`` folder.
 
 Callers never probe a backend for methods: :func:`build_generator` turns one
-:class:`GeneratorSpec` (name, weights, device, options) into a generator through the registry.
+:class:`GeneratorSpec` (name, weights, device, options) into a generator through the registry::
 
->>> gen = build_generator(GeneratorSpec("mini-trellis"))          # doctest: +SKIP
->>> gen.load_adapter("runs/ft").generate(["a red vase"], seeds=[0], num_samples=2)  # doctest: +SKIP
+    gen = build_generator(GeneratorSpec("mini-trellis"), adapter="runs/ft")
+    assets = gen.generate(["a red vase"], seeds=[0], num_samples=2)
 """
 
 from __future__ import annotations
