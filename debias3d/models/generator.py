@@ -136,11 +136,14 @@ class GeneratorBase(ABC):
         prompts: Sequence[str],
         seeds: int | Sequence[int] | None = None,
         num_samples: int = 1,
-        steps: int | None = None,
-        cfg: float | None = None,
-        **sampler_params: Any,
+        **kw: Any,
     ) -> list[Asset]:
-        """``num_samples`` assets per prompt, prompt-major (``assets[p * D + d]``)."""
+        """``num_samples`` assets per prompt, prompt-major (``assets[p * D + d]``).
+
+        Every backend also takes ``steps`` / ``cfg`` (both stages' sampler steps and CFG strength,
+        ``None``: its config's) and TRELLIS's per-stage ``sparse_structure_sampler_params`` /
+        ``slat_sampler_params``.
+        """
 
     @property
     @abstractmethod
