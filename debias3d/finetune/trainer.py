@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from debias3d.runs import (
     FingerprintError,
     RunFingerprint,
+    RunLock,
     atomic_write_json,
     fingerprint,
     fsync_dir,
@@ -357,7 +358,24 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
     Raises:
         debias3d.finetune.data.DataError: missing / empty pairs, or no usable pair.
         ValueError: LoRA targets that match no module (the message lists the Linear names).
+        debias3d.runs.RunLockedError: another run is writing ``out_dir``.
+        debias3d.runs.FingerprintError: ``--resume-from`` names checkpoints of a run made with
+            other settings.
     """
+    # one run per folder: a second one on the same out_dir is refused (the lock dies with its
+    # process); accelerate launch sets RANK on every process, the main one (0) holds the lock
+    lock = RunLock(out_dir).acquire() if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        return _finetune(cfg, out_dir, generator)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _finetune(
+    cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | None = None
+) -> FinetuneResult:
+    """:func:`finetune` without the lock."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from transformers import get_scheduler

@@ -195,3 +195,11 @@ def test_accelerate_launch_checks_the_pairs_before_starting_processes(tmp_path, 
     with pytest.raises(ValueError, match="exit status 2") as err:
         ft.finetune_command(None, ["data.pairs=x"], tmp_path / "o", accelerate_config=acc)
     assert "\n" not in str(err.value)
+
+
+def test_second_run_on_the_same_out_is_refused(tiny_world, tiny_gen_loader, tmp_path):
+    from debias3d.runs import RunLock, RunLockedError
+
+    with RunLock(tmp_path / "ft"), pytest.raises(RunLockedError, match="in use by another run"):
+        finetune(_cfg(tiny_world), tmp_path / "ft", generator=tiny_gen_loader())
+    assert not (tmp_path / "ft" / "adapter_model.safetensors").exists()
