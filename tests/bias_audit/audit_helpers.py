@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
-import torch
 import trimesh
 
 from debias3d.data.assets import Asset
-from debias3d.models.evaluator.config import EvaluatorModelConfig
-from debias3d.models.evaluator.model import ShapeWorldHyperScore
-from debias3d.models.evaluator.views import ViewCache
 
-TINY = EvaluatorModelConfig(
-    image_size=16, dim=16, cnn_widths=(8, 8, 16), n_ctx=2, quality_dim=8, head_hidden=(8,), hyper_trunk=16
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stand_ins import TINY_EVALUATOR as TINY  # noqa: E402
+from stand_ins import FakeRenderer, tiny_evaluator  # noqa: E402
 
-class FakeRenderer:
-    """Renders a mesh as flat colour patches sized by its extents (fast, no GL)."""
-
-    def __init__(self, size: int = 16) -> None:
-        self.size = size
-        self.calls = 0
-
-    def render(self, mesh, rig):
-        self.calls += 1
-        n = len(rig)
-        img = np.full((n, self.size, self.size, 3), 255, np.uint8)
-        ext = np.asarray(mesh.extents)
-        col = np.asarray(mesh.visual.vertex_colors)[:, :3].mean(0).astype(np.uint8)
-        for v in range(n):
-            h = int(np.clip(ext[v % 3] * 6, 2, self.size - 2))
-            img[v, self.size - h :, 4:12] = col
-        return img
-
-
-def tiny_evaluator(text_encoder, seed: int = 0) -> ShapeWorldHyperScore:
-    torch.manual_seed(seed)
-    ev = ShapeWorldHyperScore(TINY, text_encoder=text_encoder).eval()
-    ev.view_cache = ViewCache(renderer=FakeRenderer(TINY.image_size), image_size=TINY.image_size)
-    return ev
+__all__ = ["TINY", "BoxGenerator", "FakeRenderer", "tiny_evaluator"]
 
 
 class BoxGenerator:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stand_ins import random_mini_trellis  # noqa: E402
 
 RES = 8
 PROMPTS = ["a red vase", "a blue cube on a table", "a tall green lamp", "a small yellow chair"]
@@ -17,28 +21,7 @@ def tiny_generator(seed: int = 0):
     The shipped init zeroes ``out_layer`` and the adaLN gates, which would give LoRA zero gradients
     on the first steps; a test that checks "every LoRA parameter changed" needs a live network.
     """
-    from debias3d.models.backbone.flow import FlowModelConfig
-    from debias3d.models.backbone.generator import MiniTrellisConfig, MiniTrellisGenerator
-
-    torch.manual_seed(seed)
-    s1 = FlowModelConfig(
-        resolution=RES, model_channels=32, cond_channels=384, num_blocks=1, num_heads=2, patch_size=4
-    )
-    s2 = FlowModelConfig(
-        resolution=RES,
-        in_channels=3,
-        out_channels=3,
-        model_channels=32,
-        cond_channels=384,
-        num_blocks=1,
-        num_heads=2,
-    )
-    gen = MiniTrellisGenerator(MiniTrellisConfig(stage1=s1, stage2=s2))
-    with torch.no_grad():
-        for m in gen.flow_models.values():
-            for p in m.parameters():
-                p.normal_(0.0, 0.05)
-    return gen
+    return random_mini_trellis(RES, seed)
 
 
 def shape_row(i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

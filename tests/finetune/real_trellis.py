@@ -25,6 +25,10 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stand_ins import byte_alphabet  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 THIRD_PARTY = REPO_ROOT.parent / "shared" / "third_party"
 TRELLIS_SRC = THIRD_PARTY / "trellis" / "trellis"
@@ -135,18 +139,6 @@ def write_pipeline_folder(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2 / CLIP byte-level alphabet (the 256 characters a byte-level BPE starts from)."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def write_tiny_clip(path: Path, hidden: int = 16, seed: int = 0) -> Path:
     """A 1-layer CLIP text model (``hidden`` = the flow models' ``cond_channels``) with a byte-level
     CLIP tokenizer (no merges), in the folder layout ``CLIPTextModel`` / ``AutoTokenizer`` read."""
@@ -154,7 +146,7 @@ def write_tiny_clip(path: Path, hidden: int = 16, seed: int = 0) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in _bytes_to_unicode():
+    for c in byte_alphabet():
         vocab[c] = len(vocab)
         vocab[c + "</w>"] = len(vocab)
     CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(str(path))

@@ -32,6 +32,9 @@ transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).parent))
 import hyperscore_reference as ref  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stand_ins import byte_alphabet  # noqa: E402
+
 FIXTURE = (
     Path(__file__).resolve().parents[2].parent
     / "shared"
@@ -47,22 +50,11 @@ CFG = CLIPHyperScoreConfig(
 )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 def write_clip_tokenizer(folder: Path) -> None:
     """A real ``CLIPTokenizer`` over bytes plus a few merges; EOT gets the highest id, like CLIP's."""
     from transformers import CLIPTokenizer
 
-    base = list(_bytes_to_unicode().values())
+    base = byte_alphabet()
     merges = [("r", "e"), ("re", "d</w>"), ("q", "u"), ("qu", "a"), ("a", "l"), ("al", "i")]
     vocab = [*base, *(c + "</w>" for c in base), *("".join(m) for m in merges)]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
