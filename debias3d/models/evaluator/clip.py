@@ -203,7 +203,6 @@ class CLIPHyperScore(HyperScoreBase):
         self.hypernet = HyperIQANet(c, config.target_sizes, s)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self._cond_cache: Tensor | None = None
 
     # ----------------------------------------------------------------- views
     @property
@@ -331,22 +330,11 @@ class CLIPHyperScore(HyperScoreBase):
             )
         return torch.cat(rows, dim=0)
 
-    def _clear_condition_cache(self) -> None:
-        self._cond_cache = None
-
-    def condition_features(self) -> Tensor:
-        """``f_c`` ``(K, D)``: the learned prompts through the text tower, EOT features.
-
-        Constant at inference, so it is cached in eval mode (cleared by ``train()`` / loading).
-        """
-        if not self.training and self._cond_cache is not None:
-            return self._cond_cache
+    def _condition_features(self) -> Tensor:
+        """``f_c`` ``(K, D)``: the learned prompts through the text tower, EOT features."""
         emb = self.condition_prompts()
         feats = self.forward_embeds(emb.to(self.fc_condition.weight.dtype))
-        cond = feats[torch.arange(feats.shape[0], device=feats.device), self.cond_eot.to(feats.device)]
-        if not self.training:
-            self._cond_cache = cond.detach()
-        return cond
+        return feats[torch.arange(feats.shape[0], device=feats.device), self.cond_eot.to(feats.device)]
 
     # ----------------------------------------------------------------- image side
     def encode_views(self, views: Tensor) -> Tensor:

@@ -120,6 +120,7 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
         super().__init__()
         self.last_errors: list[ItemError] = []
         self._view_cache: ViewCache | None = None
+        self._cond_cache: Tensor | None = None
 
     # ---------------------------------------------------------------- views
     @property
@@ -296,7 +297,23 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
         self._clear_condition_cache()
 
     def _clear_condition_cache(self) -> None:
-        pass
+        self._cond_cache = None
+
+    def condition_features(self) -> Tensor:
+        """``f_c`` ``(K, D)``: the per-dimension condition features (:meth:`_condition_features`).
+
+        Constant at inference, so it is cached in eval mode (cleared by ``train()`` / loading).
+        """
+        if not self.training and self._cond_cache is not None:
+            return self._cond_cache
+        cond = self._condition_features()
+        if not self.training:
+            self._cond_cache = cond.detach()
+        return cond
+
+    def _condition_features(self) -> Tensor:
+        """``f_c`` ``(K, D)`` computed afresh (the subclass's text side)."""
+        raise NotImplementedError
 
     def train(self, mode: bool = True) -> HyperScoreBase:
         super().train(mode)
@@ -395,25 +412,13 @@ class ShapeWorldHyperScore(HyperScoreBase):
         )
         self.fc_quality = nn.Sequential(nn.Linear(5 * d, config.quality_dim), nn.GELU())
         self.hyper = HyperHead(dt, config.quality_dim, config.head_hidden, config.hyper_trunk)
-        self._cond_cache: Tensor | None = None
 
     # -------------------------------------------------------------- pieces
-    def _clear_condition_cache(self) -> None:
-        self._cond_cache = None
-
-    def condition_features(self) -> Tensor:
-        """``f_c`` ``(K, Dt)``: CoOp context + dimension name through the frozen encoder, pooled.
-
-        Constant at inference, so it is cached in eval mode (cleared by ``train()`` / loading).
-        """
-        if not self.training and self._cond_cache is not None:
-            return self._cond_cache
+    def _condition_features(self) -> Tensor:
+        """``f_c`` ``(K, Dt)``: CoOp context + dimension name through the frozen encoder, pooled."""
         emb, mask = self.prompt_learner()
         with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
-            feats = masked_mean(self.text_encoder.forward_embeds(emb, mask.long()), mask)
-        if not self.training:
-            self._cond_cache = feats.detach()
-        return feats
+            return masked_mean(self.text_encoder.forward_embeds(emb, mask.long()), mask)
 
     def word_grounding(self, patches: Tensor, tokens: Tensor, mask: Tensor, cond: Tensor) -> Tensor:
         """Per-word evidence pooled per dimension, ``(B, K, D)``.
