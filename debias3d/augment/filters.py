@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from debias3d.augment.config import FilterConfig
-from debias3d.augment.text import missing_words, tokens
+from debias3d.data.text import missing_words
+from debias3d.data.text import words as tokens
 
 __all__ = [
     "Rejection",

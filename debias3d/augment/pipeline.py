@@ -44,8 +44,8 @@ from debias3d.augment.config import AugmentConfig
 from debias3d.augment.job import PLAN_NAME, JobStore, item_key, read_records, usage_totals
 from debias3d.augment.job import status as job_status
 from debias3d.augment.semantic import is_missing, select_keep_words, stable_seed
-from debias3d.augment.text import tokens
 from debias3d.data.assets import mesh_bytes
+from debias3d.data.text import words as tokens
 from debias3d.runs import RunLock, atomic_write_text, estimate_line, inside
 
 __all__ = [

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from debias3d.augment.text import tokens
+from debias3d.data.text import words as tokens
 
 __all__ = ["STOP_WORDS", "content_words", "select_keep_words", "stable_seed", "is_missing"]
 

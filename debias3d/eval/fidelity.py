@@ -23,8 +23,7 @@ import inspect
 import json
 import logging
 import os
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from debias3d.eval.benchmarks import NO_CATEGORY
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FidelityResult", "run_fidelity", "corpus_word_counts", "FidelityConfig", "fidelity_command"]
+__all__ = ["FidelityResult", "run_fidelity", "FidelityConfig", "fidelity_command"]
 
 
 @dataclass
@@ -60,22 +59,6 @@ class FidelityResult:
                 df.to_json(out / f"{name}.json", orient="records", indent=2)
         (out / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
         return out
-
-
-def corpus_word_counts(prompts: Iterable[str]) -> dict[str, Any]:
-    """Attribute-word counts of a corpus: ``{"n_prompts": N, "counts": {word: prompts using it}}``."""
-    from debias3d.data.shapeworld.parser import parse
-
-    counts: Counter[str] = Counter()
-    n = 0
-    for p in prompts:
-        n += 1
-        try:
-            words = set(parse(p).words())
-        except ValueError:
-            continue
-        counts.update(words)
-    return {"n_prompts": n, "counts": dict(sorted(counts.items()))}
 
 
 def _as_prompt_records(prompts: Sequence[Any]) -> list[tuple[str, str | None, Any]]:

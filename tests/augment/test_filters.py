@@ -8,7 +8,7 @@ import pytest
 from debias3d.augment.config import FilterConfig
 from debias3d.augment.filters import PromptFilter, SentenceEmbedder, diversity
 from debias3d.augment.semantic import select_keep_words
-from debias3d.augment.text import lemma, missing_words
+from debias3d.data.text import lemma, missing_words
 
 
 def _bag_embed(texts):

@@ -6,14 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from debias3d.data.shapeworld import vocab
-from debias3d.data.shapeworld.grammar import (
-    canonical_prompt,
-    evaluation_prompts,
-    sample_prompts,
-    sample_spec,
-    write_prompt,
-)
+from debias3d.data.shapeworld.grammar import evaluation_prompts, sample_prompts, sample_spec
 from debias3d.data.shapeworld.parser import ParseError, parse, prompt_words
+from debias3d.data.shapeworld.phrasing import canonical_prompt, write_prompt
 from debias3d.data.shapeworld.spec import ObjectSpec, SceneSpec
 
 

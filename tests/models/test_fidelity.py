@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from debias3d.data.assets import Asset, VoxelGrid
-from debias3d.eval.fidelity import corpus_word_counts, run_fidelity
+from debias3d.data.shapeworld.corpus import corpus_word_counts
+from debias3d.eval.fidelity import run_fidelity
 
 
 class BuilderGenerator:

@@ -3,6 +3,7 @@
 * :mod:`.vocab` - the words (nouns, colours, sizes, modifiers, actions, counts, relations, stop words)
 * :mod:`.spec` - :class:`ObjectSpec` / :class:`SceneSpec`, the meaning of a prompt
 * :mod:`.grammar` - prompts in the 8 MATE-3D-style categories (:func:`sample_prompts`)
+* :mod:`.phrasing` - the prompt text of a spec (:func:`write_prompt`)
 * :mod:`.parser` - prompt text -> spec (:func:`parse`)
 * :mod:`.builder` - spec -> coloured mesh + 16^3 voxels (:func:`build`)
 * :mod:`.voxelize` - :func:`voxels_to_mesh` / :func:`mesh_to_voxels`
@@ -23,16 +24,10 @@ from debias3d.data.shapeworld.corpus import (
     make_corpus,
     write_corpus,
 )
-from debias3d.data.shapeworld.grammar import (
-    Prompt,
-    canonical_prompt,
-    evaluation_prompts,
-    sample_prompts,
-    sample_spec,
-    write_prompt,
-)
+from debias3d.data.shapeworld.grammar import Prompt, evaluation_prompts, sample_prompts, sample_spec
 from debias3d.data.shapeworld.measurer import Measurement, fidelity, measure, score_prompt, word_scores
 from debias3d.data.shapeworld.parser import ParseError, parse, prompt_words
+from debias3d.data.shapeworld.phrasing import canonical_prompt, write_prompt
 from debias3d.data.shapeworld.spec import ObjectSpec, SceneSpec
 from debias3d.data.shapeworld.vocab import ATTRIBUTE_WORDS, CATEGORIES, STOP_WORDS, is_stop_word
 from debias3d.data.shapeworld.voxelize import mesh_to_voxels, voxels_to_mesh

@@ -32,6 +32,7 @@ import numpy as np
 
 from debias3d.data.assets import DEFAULT_RESOLUTION, Asset, VoxelGrid
 from debias3d.data.shapeworld import vocab
+from debias3d.data.shapeworld.phrasing import canonical_prompt
 from debias3d.data.shapeworld.spec import ObjectSpec, SceneSpec
 from debias3d.data.shapeworld.voxelize import voxels_to_mesh
 from debias3d.registry import register
@@ -719,8 +720,6 @@ def build(
     fine = rasterize(objs, mesh_resolution) if mesh_resolution else grid
     mesh = voxels_to_mesh(fine)
     if prompt is None:
-        from debias3d.data.shapeworld.grammar import canonical_prompt
-
         prompt = canonical_prompt(spec)
     return Asset(
         prompt, mesh, grid, metadata={"backend": "shapeworld", "spec": spec.to_json(), "clipped": not ok}

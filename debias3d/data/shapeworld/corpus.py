@@ -15,15 +15,18 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from debias3d.data.shapeworld import vocab
 from debias3d.data.shapeworld.builder import build_voxels
-from debias3d.data.shapeworld.grammar import Prompt, sample_spec, write_prompt
+from debias3d.data.shapeworld.grammar import Prompt, sample_spec
+from debias3d.data.shapeworld.parser import parse
+from debias3d.data.shapeworld.phrasing import write_prompt
 from debias3d.data.shapeworld.spec import SceneSpec
 
 logger = logging.getLogger(__name__)
@@ -135,6 +138,20 @@ def word_frequencies(specs: list[SceneSpec] | list[str]) -> dict[str, float]:
         counts.update(_spec_words(spec))
     n = max(len(specs), 1)
     return {w: c / n for w, c in sorted(counts.items())}
+
+
+def corpus_word_counts(prompts: Iterable[str]) -> dict[str, Any]:
+    """Attribute-word counts of a corpus: ``{"n_prompts": N, "counts": {word: prompts using it}}``."""
+    counts: Counter[str] = Counter()
+    n = 0
+    for p in prompts:
+        n += 1
+        try:
+            words = set(parse(p).words())
+        except ValueError:
+            continue
+        counts.update(words)
+    return {"n_prompts": n, "counts": dict(sorted(counts.items()))}
 
 
 def calibrate_weights(

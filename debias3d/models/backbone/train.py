@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from debias3d.data.shapeworld.corpus import CorpusConfig
+from debias3d.data.shapeworld.corpus import CorpusConfig, corpus_word_counts
 
 from .flow import FlowModelConfig, SLatFlowModel, SparseStructureFlowModel
 from .generator import CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME, MiniTrellisConfig, build_text_encoder
@@ -488,8 +488,6 @@ def train_backbone(
     if "config" not in corpus_info and isinstance(corpus_dir_or_dataset, (str, os.PathLike)) and cc.is_file():
         corpus_info["config"] = json.loads(cc.read_text())
     corpus_info["n"] = len(data["prompts"])
-    from debias3d.eval.fidelity import corpus_word_counts
-
     corpus_info["word_counts"] = corpus_word_counts(data["prompts"])
     encoder = build_text_encoder(cfg.text_encoder, cfg.text_encoder_path)
     text = TextFeatureTable(encoder, data["prompts"])

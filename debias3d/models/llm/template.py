@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from debias3d.augment.text import lemma, missing_words
+from debias3d.data.text import lemma, missing_words
 from debias3d.models.llm.base import ContextWriterBase, LLMResult
 from debias3d.registry import register
 
@@ -81,8 +81,8 @@ class TemplateContextWriter(ContextWriterBase):
     def write(self, prompt: str, keep_words: Sequence[str], n: int, seed: int) -> LLMResult:
         """Write up to ``n`` new ShapeWorld prompts containing every word of ``keep_words``."""
         from debias3d.data.shapeworld.builder import scene_problems
-        from debias3d.data.shapeworld.grammar import write_prompt
         from debias3d.data.shapeworld.parser import ParseError, parse
+        from debias3d.data.shapeworld.phrasing import write_prompt
 
         try:
             spec = parse(prompt)
