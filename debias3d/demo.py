@@ -244,7 +244,7 @@ def run_demo(
     t_start = time.perf_counter()
 
     from debias3d.bias_audit.pipeline import run_audit
-    from debias3d.eval.ablations import (
+    from debias3d.demo_ablations import (
         ablation_table,
         augment_strategy,
         finetune_strategy,

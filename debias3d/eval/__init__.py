@@ -1,4 +1,4 @@
-"""debias3d.eval: before/after evaluation, ablations and reports.
+"""debias3d.eval: before/after evaluation and reports.
 
 Modules (imported on demand; this package file imports nothing heavy, so the CLI stays fast):
 
@@ -8,9 +8,9 @@ Modules (imported on demand; this package file imports nothing heavy, so the CLI
 * :mod:`.fidelity`   ShapeWorld ground truth per word / category (``debias3d world fidelity``)
 * :mod:`.stats`      bootstrap CIs, the neglected-vs-rest word split
 * :mod:`.diversity`  mean pairwise Chamfer distance of a prompt's samples
-* :mod:`.ablations`  one loop per augmentation strategy, same budget; the ablation table
 * :mod:`.compare`    ``debias3d eval compare A/ B/``
 * :mod:`.report`     self-contained HTML (eval report, demo report)
 
-The whole loop (``debias3d demo``) lives in :mod:`debias3d.demo`.
+The whole loop (``debias3d demo``) lives in :mod:`debias3d.demo`, its ablations (one loop per
+augmentation strategy, same budget; the ablation table) in :mod:`debias3d.demo_ablations`.
 """

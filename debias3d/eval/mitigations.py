@@ -277,7 +277,7 @@ def run_mitigations(
     from debias3d.bias_audit.pipeline import run_audit
     from debias3d.config import dump_config
     from debias3d.demo import _audit_prompts, _fresh_generator, _Stages
-    from debias3d.eval.ablations import augment_strategy, finetune_strategy, pair_count
+    from debias3d.demo_ablations import augment_strategy, finetune_strategy, pair_count
     from debias3d.eval.pipeline import (
         build_scorers,
         evaluate_model,

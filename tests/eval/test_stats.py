@@ -202,7 +202,7 @@ def test_derive_audit_takes_another_methods_picks(tmp_path):
     import pandas as pd
     import pytest
 
-    from debias3d.eval.ablations import derive_audit
+    from debias3d.demo_ablations import derive_audit
 
     src = tmp_path / "audit"
     (src / "meshes").mkdir(parents=True)
