@@ -201,6 +201,24 @@ def _fresh_generator(cfg: EvalConfig, text_encoder: Any) -> Any:
     return load_generator(cfg, None, text_encoder=text_encoder)
 
 
+def _load_models(ev_cfg: EvalConfig, evaluator: Any, ranker: Any) -> tuple[Any, Any, Any, Any]:
+    """``(evaluator, ranker, text encoder, base generator)`` of a loop run.
+
+    The generator shares the evaluator's MiniLM encoder when it has one (``None`` otherwise).
+    """
+    from debias3d.eval.pipeline import build_scorers
+
+    evaluator, ranker = build_scorers(ev_cfg, None, evaluator, ranker)
+    te = getattr(evaluator, "text_encoder", None)
+    te = te if getattr(te, "name", None) == "minilm" else None
+    return evaluator, ranker, te, _fresh_generator(ev_cfg, te)
+
+
+def _base_weights(cfg: DemoConfig) -> Any:
+    """The base generator's weights: the first of eval's, audit's and finetune's settings."""
+    return cfg.eval.generator_weights or cfg.audit.generator_weights or cfg.finetune.generator_path
+
+
 def run_demo(
     out: str | os.PathLike = "demo",
     quick: bool = False,
@@ -252,7 +270,6 @@ def run_demo(
         pair_count,
     )
     from debias3d.eval.pipeline import (
-        build_scorers,
         evaluate_model,
         load_eval_prompts,
         load_generator,
@@ -265,11 +282,8 @@ def run_demo(
         strategies.remove("grad_guided")
     ev_cfg = dataclasses.replace(cfg.eval, report=True)
     with stages("load models"):
-        evaluator, ranker = build_scorers(ev_cfg, None, evaluator, ranker)
-        te = getattr(evaluator, "text_encoder", None)
-        te = te if getattr(te, "name", None) == "minilm" else None
-        base_gen = _fresh_generator(ev_cfg, te)
-    base_weights = ev_cfg.generator_weights or cfg.audit.generator_weights or cfg.finetune.generator_path
+        evaluator, ranker, te, base_gen = _load_models(ev_cfg, evaluator, ranker)
+    base_weights = _base_weights(cfg)
 
     # 1. audit ------------------------------------------------------------------------------
     prompt_set = _audit_prompts(cfg)

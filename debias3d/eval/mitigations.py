@@ -276,10 +276,9 @@ def run_mitigations(
 
     from debias3d.bias_audit.pipeline import run_audit
     from debias3d.config import dump_config
-    from debias3d.demo import _audit_prompts, _fresh_generator, _Stages
+    from debias3d.demo import _audit_prompts, _base_weights, _fresh_generator, _load_models, _Stages
     from debias3d.demo_ablations import augment_strategy, finetune_strategy, pair_count
     from debias3d.eval.pipeline import (
-        build_scorers,
         evaluate_model,
         load_eval_prompts,
         load_generator,
@@ -296,11 +295,8 @@ def run_mitigations(
     t_start = time.perf_counter()
     ev_cfg = dataclasses.replace(cfg.eval, report=False)
     with stages("load models"):
-        evaluator, ranker = build_scorers(ev_cfg, None, evaluator, ranker)
-        te = getattr(evaluator, "text_encoder", None)
-        te = te if getattr(te, "name", None) == "minilm" else None
-        base_gen = _fresh_generator(ev_cfg, te)
-    base_weights = ev_cfg.generator_weights or cfg.audit.generator_weights or cfg.finetune.generator_path
+        evaluator, ranker, te, base_gen = _load_models(ev_cfg, evaluator, ranker)
+    base_weights = _base_weights(cfg)
 
     with stages("audit"):
         run_audit(_audit_prompts(cfg), cfg.audit, out / "audit", generator=base_gen, evaluator=evaluator)
