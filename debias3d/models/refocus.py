@@ -18,11 +18,12 @@ projection of the features), so the hook needs no cooperation from the sampler: 
 stack ``[cond; uncond]`` (mini TRELLIS) and separate unconditional passes (TRELLIS) both work, and
 the unconditional rows are never refocused.
 
->>> gen = MiniTrellisGenerator.from_pretrained()                        # doctest: +SKIP
->>> with Refocuser(gen, {"a narrow red vase": {"narrow": 2.0}}) as rf:  # doctest: +SKIP
-...     assets = gen.generate(["a narrow red vase"], num_samples=4)
->>> rf.report.rows[0]["status"]                                         # doctest: +SKIP
-'ok'
+Usage::
+
+    gen = MiniTrellisGenerator.from_pretrained()
+    with Refocuser(gen, {"a narrow red vase": {"narrow": 2.0}}) as rf:
+        assets = gen.generate(["a narrow red vase"], num_samples=4)
+    rf.report.rows[0]["status"]  # 'ok'
 """
 
 from __future__ import annotations
