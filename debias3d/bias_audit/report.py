@@ -283,7 +283,7 @@ a drop near zero means the shape does not show the word){% endif %}.</p>
 <h2>Which words does this generator ignore, and how sure is that?</h2>
 {% if verdict_rows %}
 <p>Per word over the prompt set: mean score drop with its {{ ci_pct }}% bootstrap interval over prompts (a single prompt: over its
-samples and alternatives). <b>ignored</b>: the interval lies below {{ threshold }}; <b>shown</b>: above; <b>unclear</b>: it straddles it.
+samples and alternatives). <b>ignored</b>: the interval lies at or below {{ threshold }}; <b>shown</b>: above it; <b>unclear</b>: it straddles it.
 {% if gt_select %}Checked against the ShapeWorld measurer on these samples: AUC {{ gt_select }}.{% endif %}</p>
 <table><tr><th class="l">word</th><th class="l">verdict</th><th>score drop</th><th>interval</th><th>prompts</th></tr>
 {% for r in verdict_rows %}<tr><td class="l">{{ r.word }}</td><td class="l v-{{ r.verdict }}">{{ r.verdict }}</td>
