@@ -5,6 +5,8 @@ default and a one-line help in ``field(metadata={"help": ...})``. This module tu
 dataclasses and refuses anything it cannot check:
 
 * an unknown key is an error (never silently ignored), with a "did you mean" hint;
+* a renamed key (a dataclass's ``RENAMED_KEYS``, old name -> new name) still loads, with a one-line
+  deprecation warning; giving both names is an error;
 * a value of the wrong type is an error that names the file, the dotted key and the expected type;
 * ``__post_init__`` of each dataclass rejects bad values with a message naming the field;
 * an override of one key of a mapping field (``word_frequency.spiky=0.2``) edits that key and keeps
@@ -21,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import re
 import types
 import typing
@@ -31,6 +34,8 @@ from typing import Any, TypeVar, get_args, get_origin
 import yaml
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ConfigError",
@@ -168,9 +173,17 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str | None = Non
         )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    renamed: Mapping[str, str] = getattr(cls, "RENAMED_KEYS", {})
     kwargs: dict[str, Any] = {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
+        if k in renamed and k not in fields:
+            new = renamed[k]
+            new_key = f"{prefix}.{new}" if prefix else new
+            if new in data:
+                raise ConfigError(f"{_where(source, key)}: give only '{new_key}' (the new name of '{key}')")
+            logger.warning("%s: '%s' is deprecated; use '%s'", source or "config", key, new_key)
+            k, key = new, new_key
         if k not in fields:
             close = difflib.get_close_matches(str(k), list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

@@ -216,7 +216,7 @@ def _load_models(ev_cfg: EvalConfig, evaluator: Any, ranker: Any) -> tuple[Any, 
 
 def _base_weights(cfg: DemoConfig) -> Any:
     """The base generator's weights: the first of eval's, audit's and finetune's settings."""
-    return cfg.eval.generator_weights or cfg.audit.generator_weights or cfg.finetune.generator_path
+    return cfg.eval.generator_weights or cfg.audit.generator_weights or cfg.finetune.generator_weights
 
 
 def run_demo(
@@ -318,7 +318,7 @@ def run_demo(
             corpus = out / "corpus"
             if not (corpus / "dataset_info.json").is_file():
                 write_corpus(CorpusConfig(n=cfg.replay_corpus, seed=cfg.corpus_seed), corpus)
-        ft_cfg = dataclasses.replace(cfg.finetune, generator_path=base_weights)
+        ft_cfg = dataclasses.replace(cfg.finetune, generator_weights=base_weights)
         for s in strategies:
             if counts[s] == 0:
                 logger.warning("demo: strategy %s produced no pairs; not fine-tuned", s)

@@ -148,3 +148,51 @@ def test_describe_lists_nested_keys_with_help():
     rows = {r[0]: r for r in describe(Cfg)}
     assert rows["seed"][3] == "Random seed."
     assert rows["sampler.steps"][1] == "int" and rows["sampler.steps"][2] == "25"
+
+
+@pytest.mark.parametrize(
+    "cls_path, old, new",
+    [
+        ("debias3d.finetune.config:FinetuneConfig", "generator_path", "generator_weights"),
+        ("debias3d.augment.config:AugmentConfig", "visual.generator_path", "visual.generator_weights"),
+        ("debias3d.augment.config:AugmentConfig", "visual.ranker_path", "visual.ranker_weights"),
+        ("debias3d.demo:DemoConfig", "finetune.generator_path", "finetune.generator_weights"),
+    ],
+)
+def test_weights_have_one_spelling_and_the_old_key_still_loads(tmp_path, caplog, cls_path, old, new):
+    import importlib
+    import logging
+
+    module, _, name = cls_path.partition(":")
+    cls = importlib.import_module(module).__dict__[name]
+
+    def value(cfg, dotted):
+        for part in dotted.split("."):
+            cfg = getattr(cfg, part)
+        return cfg
+
+    assert value(load_config(cls, overrides=[f"{new}=/w/new"]), new) == "/w/new"
+    with caplog.at_level(logging.WARNING, logger="debias3d.config"):
+        cfg = load_config(cls, overrides=[f"{old}=/w/old"])
+    assert value(cfg, new) == "/w/old"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "debias3d.config"]
+    assert len(warnings) == 1 and f"'{old}' is deprecated; use '{new}'" in warnings[0]
+    assert "\n" not in warnings[0]
+    with pytest.raises(ConfigError, match=f"give only '{new}'"):
+        load_config(cls, overrides=[f"{old}=/a", f"{new}=/b"])
+
+
+def test_the_stage_configs_spell_weights_alike():
+    """Every stage's config names generator / evaluator / ranker weights ``<role>_weights``."""
+    import dataclasses
+
+    from debias3d.augment.config import VisualConfig
+    from debias3d.bias_audit.config import AuditConfig
+    from debias3d.eval.config import EvalConfig
+    from debias3d.eval.fidelity import FidelityConfig
+    from debias3d.finetune.config import FinetuneConfig
+
+    for cls in (VisualConfig, AuditConfig, EvalConfig, FidelityConfig, FinetuneConfig):
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert not {n for n in names if n.endswith("_path") and n.split("_")[0] in ("generator", "ranker")}
+        assert "generator_weights" in names, cls

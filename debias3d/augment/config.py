@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from debias3d.models.ranker.t3bench import T3BenchConfig
 
@@ -137,13 +138,18 @@ def _ranking_default() -> T3BenchConfig:
 class VisualConfig:
     """Visual augmentation: external generator + reward ranker (Algorithm 1)."""
 
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "generator_path": "generator_weights",
+        "ranker_path": "ranker_weights",
+    }
+
     backend: str = field(
         default="shapeworld", metadata={"help": "external generator: shapeworld, generator or command"}
     )
     generator: str = field(
         default="mini-trellis", metadata={"help": "backend=generator: registered generator name"}
     )
-    generator_path: str = field(
+    generator_weights: str = field(
         default="", metadata={"help": "backend=generator: weights folder (empty = shipped)"}
     )
     generator_steps: int = field(
@@ -163,7 +169,7 @@ class VisualConfig:
     ranker: str = field(
         default="shapeworld", metadata={"help": "reward ranker backend (registry kind ranker)"}
     )
-    ranker_path: str = field(default="", metadata={"help": "ranker weights (empty = shipped)"})
+    ranker_weights: str = field(default="", metadata={"help": "ranker weights (empty = shipped)"})
     ranking: T3BenchConfig = field(
         default_factory=_ranking_default, metadata={"help": "T3Bench-style view aggregation (reduced rig)"}
     )

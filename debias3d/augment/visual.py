@@ -195,7 +195,7 @@ class GeneratorExternalGenerator:
 
     @classmethod
     def from_config(cls, cfg: Any) -> GeneratorExternalGenerator:
-        return cls(cfg.generator, cfg.generator_path or None, cfg.generator_steps or None)
+        return cls(cfg.generator, cfg.generator_weights or None, cfg.generator_steps or None)
 
     @property
     def model(self) -> Any:
@@ -228,14 +228,22 @@ def build_external_generator(cfg: Any) -> Any:
     return cls(**kwargs)
 
 
+_KEY_NAMES = {"generator_weights": "generator_path", "ranker_weights": "ranker_path"}
+
+
 def generator_settings(cfg: Any) -> dict[str, Any]:
     """The visual settings that change a generated mesh (part of each item's key)."""
     keep = {
         "shapeworld": ("mesh_resolution",),
-        "generator": ("generator", "generator_path", "generator_steps"),
+        "generator": ("generator", "generator_weights", "generator_steps"),
         "command": ("command",),
-    }.get(cfg.backend, ("mesh_resolution", "generator", "generator_path", "generator_steps", "command"))
-    return {"backend": cfg.backend, "resolution": cfg.resolution, **{k: getattr(cfg, k) for k in keep}}
+    }.get(cfg.backend, ("mesh_resolution", "generator", "generator_weights", "generator_steps", "command"))
+    # item keys keep the settings' earlier names, so job folders written before the rename resume
+    return {
+        "backend": cfg.backend,
+        "resolution": cfg.resolution,
+        **{_KEY_NAMES.get(k, k): getattr(cfg, k) for k in keep},
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,12 +276,12 @@ def build_judge(cfg: Any) -> RankerJudge:
 
     cls = find("ranker", cfg.ranker)
     if hasattr(cls, "from_pretrained"):
-        ranker = cls.from_pretrained(cfg.ranker_path or None)
+        ranker = cls.from_pretrained(cfg.ranker_weights or None)
     else:
         # e.g. HPSv2Ranker(checkpoint=...): pass the weights path to whichever argument takes it
         params = inspect.signature(cls).parameters
         arg = next((a for a in ("checkpoint", "path") if a in params), None)
-        ranker = cls(**({arg: cfg.ranker_path} if arg and cfg.ranker_path else {}))
+        ranker = cls(**({arg: cfg.ranker_weights} if arg and cfg.ranker_weights else {}))
     return RankerJudge(ranker, cfg.ranking)
 
 
@@ -281,7 +289,11 @@ def judge_settings(cfg: Any) -> dict[str, Any]:
     """The ranking settings that change a score (part of each item's key)."""
     from debias3d.config import to_dict
 
-    return {"ranker": cfg.ranker, "ranker_path": cfg.ranker_path, "ranking": to_dict(cfg.ranking)}
+    return {
+        "ranker": cfg.ranker,
+        _KEY_NAMES["ranker_weights"]: cfg.ranker_weights,
+        "ranking": to_dict(cfg.ranking),
+    }
 
 
 @dataclass(frozen=True)

@@ -320,7 +320,7 @@ def run_mitigations(
             corpus = out / "corpus"
             if not (corpus / "dataset_info.json").is_file():
                 write_corpus(CorpusConfig(n=cfg.replay_corpus, seed=cfg.corpus_seed), corpus)
-        sft_cfg = dataclasses.replace(cfg.finetune, generator_path=base_weights, objective="sft")
+        sft_cfg = dataclasses.replace(cfg.finetune, generator_weights=base_weights, objective="sft")
         sft_dir = finetune_strategy(
             sft_cfg, pairs, out / "finetune_sft", budget, corpus, _fresh_generator(ev_cfg, te)
         )

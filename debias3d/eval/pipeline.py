@@ -138,12 +138,11 @@ def build_scorers(
             kwargs["text_encoder"] = text_encoder
         evaluator = ev_cls.from_pretrained(cfg.evaluator_weights, **kwargs).eval()
     if ranker is None and cfg.t3bench:
+        from debias3d.augment.config import VisualConfig
         from debias3d.augment.visual import build_judge
 
         # build_judge knows how each ranker backend takes its weights; reuse it, keep the ranker.
-        vc = type(
-            "_V", (), {"ranker": cfg.ranker, "ranker_path": cfg.ranker_weights or "", "ranking": cfg.ranking}
-        )
+        vc = VisualConfig(ranker=cfg.ranker, ranker_weights=cfg.ranker_weights or "", ranking=cfg.ranking)
         ranker = build_judge(vc).ranker
     return evaluator, ranker
 
@@ -160,7 +159,7 @@ def load_generator(
 
     weights = cfg.generator_weights
     if adapter is not None and weights is None:
-        weights = read_adapter_info(adapter).get("generator_path") or None
+        weights = read_adapter_info(adapter).get("generator_weights") or None
     spec = GeneratorSpec(cfg.generator, weights, cfg.device)
     return build_generator(spec, text_encoder=text_encoder, adapter=adapter)
 

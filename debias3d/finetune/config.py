@@ -15,6 +15,7 @@ who knows that script knows these keys.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -259,14 +260,16 @@ class FinetuneConfig:
     """Everything ``debias3d finetune`` needs.
 
     ``generator`` picks the backend through the registry (``mini-trellis`` or ``trellis``);
-    ``generator_path`` is the mini-TRELLIS weights folder (null = the shipped weights) or the TRELLIS
-    model id / local folder.
+    ``generator_weights`` is the mini-TRELLIS weights folder (null = the shipped weights) or the
+    TRELLIS model id / local folder.
     """
+
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"generator_path": "generator_weights"}
 
     generator: str = field(
         default="mini-trellis", metadata={"help": "generator backend: mini-trellis or trellis"}
     )
-    generator_path: str | None = field(
+    generator_weights: str | None = field(
         default=None, metadata={"help": "weights folder / TRELLIS id (null = default)"}
     )
     objective: str = field(

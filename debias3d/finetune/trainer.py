@@ -350,7 +350,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | N
         out_dir: run folder: ``adapter_config.json``, ``adapter_model.safetensors``,
             ``checkpoint-N/``, ``train_log.jsonl``, ``finetune_config.yaml``.
         generator: an already-built generator (tests, benchmarks); else loaded from
-            ``cfg.generator`` / ``cfg.generator_path``.
+            ``cfg.generator`` / ``cfg.generator_weights``.
 
     Returns:
         :class:`FinetuneResult`.
@@ -421,7 +421,7 @@ def _finetune(
     else:
         check_dataset(cfg.data.pairs, "pairs")  # before the (slow) generator load
     if generator is None:
-        generator = load_generator(cfg.generator, cfg.generator_path, device=str(accelerator.device))
+        generator = load_generator(cfg.generator, cfg.generator_weights, device=str(accelerator.device))
     flows = generator.flow_models
     if trellis:
         # ss_latents/ + latents/ .npz files joined with the metadata captions (trellis_latents.py)
@@ -703,7 +703,7 @@ def _finetune(
                 out,
                 {
                     "generator": cfg.generator,
-                    "generator_path": cfg.generator_path,
+                    "generator_weights": cfg.generator_weights,
                     "stages": list(cfg.lora.stages),
                     "target_modules": list(cfg.lora.target_modules),
                     "global_step": global_step,

@@ -219,11 +219,18 @@ def write_adapter_info(adapter_dir: str | os.PathLike, info: dict[str, Any]) -> 
 
 
 def read_adapter_info(adapter_dir: str | os.PathLike) -> dict[str, Any]:
-    """The :data:`ADAPTER_INFO_NAME` record, or ``{}`` when the folder has none."""
+    """The :data:`ADAPTER_INFO_NAME` record, or ``{}`` when the folder has none.
+
+    The base weights are under ``generator_weights`` (records written before the rename say
+    ``generator_path``; they read the same).
+    """
     from debias3d.models.persistence import read_json
 
     p = Path(adapter_dir) / ADAPTER_INFO_NAME
-    return read_json(p) if p.is_file() else {}
+    info = read_json(p) if p.is_file() else {}
+    if "generator_path" in info:
+        info.setdefault("generator_weights", info.pop("generator_path"))
+    return info
 
 
 def check_adapter_dir(adapter_dir: str | os.PathLike) -> Path:

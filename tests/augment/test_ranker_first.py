@@ -18,7 +18,7 @@ def test_augment_loads_the_ranker_before_any_llm_call(audit_dir, tmp_path):
             raise AssertionError(f"LLM used ({item}) before the ranker was loaded")
 
     cfg = from_dict(
-        AugmentConfig, {"visual": {"ranker": "imagereward", "ranker_path": str(tmp_path / "none")}}
+        AugmentConfig, {"visual": {"ranker": "imagereward", "ranker_weights": str(tmp_path / "none")}}
     )
     comps = Components(cfg, writer=NoLLM())
     with pytest.raises(FileNotFoundError, match="ImageReward folder .* not found"):
@@ -28,7 +28,7 @@ def test_augment_loads_the_ranker_before_any_llm_call(audit_dir, tmp_path):
 @pytest.mark.parametrize(
     ("ranker", "path", "names"),
     [
-        ("imagereward", "/nonexistent/imagereward", ("ImageReward folder", "ranker_path")),
+        ("imagereward", "/nonexistent/imagereward", ("ImageReward folder", "ranker_weights")),
         ("hpsv2", "/nonexistent/HPS_v2.1_compressed.pt", ("debias3d[hpsv2]", "HPS_v2.1_compressed.pt")),
     ],
 )
@@ -39,7 +39,7 @@ def test_cli_missing_ranker_is_one_line_before_any_item(audit_dir, tmp_path, ran
 
     out = tmp_path / "aug"
     argv = ["augment", "--audit", str(audit_dir), "--out", str(out), f"visual.ranker={ranker}"]
-    result = CliRunner().invoke(app, [*argv, f"visual.ranker_path={path}"])
+    result = CliRunner().invoke(app, [*argv, f"visual.ranker_weights={path}"])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]

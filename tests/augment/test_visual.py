@@ -130,7 +130,7 @@ def test_generator_backend_wraps_any_registered_generator():
 
     if "toy-test" not in _REGISTRY["generator"]:
         register("generator", "toy-test")(ToyGenerator)
-    cfg = VisualConfig(backend="generator", generator="toy-test", generator_path="/w", generator_steps=5)
+    cfg = VisualConfig(backend="generator", generator="toy-test", generator_weights="/w", generator_steps=5)
     gen = build_external_generator(cfg)
     assert isinstance(gen, GeneratorExternalGenerator)
     (asset,) = gen.generate(["a red cup"], [11])

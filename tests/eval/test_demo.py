@@ -23,7 +23,7 @@ def _overrides(weights, ranker: str, n_prompts: int = 8) -> list[str]:
         "augment.contexts=2", f"augment.visual.ranker={ranker}", "augment.progress=false",
         "augment.visual.margin=-1000000000.0",  # the stand-in ranker's duel is meaningless: keep every x_nc
         "augment.num_threads=1", "augment.thumbnail_size=16", "augment.report_examples=2",
-        f"finetune.generator_path={w}", "finetune.train.max_train_steps=2", "finetune.train.train_batch_size=2",
+        f"finetune.generator_weights={w}", "finetune.train.max_train_steps=2", "finetune.train.train_batch_size=2",
         "finetune.train.lr_warmup_steps=0", "finetune.train.checkpointing_steps=1", "finetune.train.num_threads=1",
         f"eval.generator_weights={w}", "eval.per_category=1", f"eval.max_prompts={n_prompts}", "eval.samples=2",
         "eval.bootstrap=50", f"eval.ranker={ranker}", "eval.save_meshes=2", "eval.diversity_points=64",

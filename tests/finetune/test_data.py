@@ -112,10 +112,10 @@ def test_main_reports_one_line_errors(tmp_path, capsys, tiny_world):
     from debias3d.finetune.__main__ import main
 
     rc = main(["--out", str(tmp_path / "o"), f"data.pairs={tmp_path / 'missing'}",
-               f"generator_path={tiny_world['base']}"])  # fmt: skip
+               f"generator_weights={tiny_world['base']}"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 1 and err.startswith("error:") and "not found" in err
     rc = main(["--out", str(tmp_path / "o"), f"data.pairs={tiny_world['pairs']}", "data.replay_share=0",
-               f"generator_path={tiny_world['base']}", "lora.target_modules=[q_proj]"])  # fmt: skip
+               f"generator_weights={tiny_world['base']}", "lora.target_modules=[q_proj]"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 1 and "match no module" in err and "to_qkv" in err

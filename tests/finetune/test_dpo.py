@@ -46,7 +46,7 @@ def write_preference_pairs(
 
 def _cfg(pairs, base, steps: int = 1, **train) -> FinetuneConfig:
     return FinetuneConfig(
-        generator_path=str(base),
+        generator_weights=str(base),
         objective="dpo",
         dpo=DpoSettings(beta=200.0),
         lora=LoraSettings(rank=4),

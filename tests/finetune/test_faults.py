@@ -21,7 +21,7 @@ from debias3d.runs import FingerprintError
 
 def _cfg(world, rank=4, steps=4, resume=None, limit=None, seed=0):
     return FinetuneConfig(
-        generator_path=str(world["base"]),
+        generator_weights=str(world["base"]),
         lora=LoraSettings(rank=rank),
         data=DataSettings(pairs=str(world["pairs"]), replay_share=0.0),
         train=TrainSettings(
@@ -111,7 +111,7 @@ from debias3d.finetune.config import DataSettings, FinetuneConfig, LoraSettings,
 from debias3d.finetune.trainer import finetune
 from ft_helpers import tiny_generator
 cfg = FinetuneConfig(
-    generator_path={base!r}, lora=LoraSettings(rank=4),
+    generator_weights={base!r}, lora=LoraSettings(rank=4),
     data=DataSettings(pairs={pairs!r}, replay_share=0.0),
     train=TrainSettings(max_train_steps=12, train_batch_size=2, lr_warmup_steps=0, learning_rate=1e-2,
                         checkpointing_steps=1, checkpoints_total_limit=2, resume_from_checkpoint="latest"),

@@ -29,7 +29,7 @@ LAUNCH_FLAGS = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "-
 def _write_config(path: Path, world: dict[str, Path], **train) -> Path:
     cfg = {
         "generator": "mini-trellis",
-        "generator_path": str(world["base"]),
+        "generator_weights": str(world["base"]),
         "lora": {"rank": 4, "alpha": 8},
         "data": {"pairs": str(world["pairs"]), "corpus": str(world["corpus"]), "replay_share": 0.3},
         "train": {

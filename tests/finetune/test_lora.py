@@ -101,7 +101,7 @@ def test_adapter_reloads_and_merges_to_identical_outputs(tiny_world, tiny_gen_lo
     base_state = {k: v.clone() for k, v in base_gen.state_dict().items()}
     base_out = _outputs(base_gen)
     cfg = FinetuneConfig(
-        generator_path=str(tiny_world["base"]),
+        generator_weights=str(tiny_world["base"]),
         lora=LoraSettings(rank=4),
         data=DataSettings(pairs=str(tiny_world["pairs"]), replay_share=0.0),
         train=TrainSettings(

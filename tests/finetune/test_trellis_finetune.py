@@ -26,7 +26,7 @@ def fake_trellis(tmp_path, monkeypatch):
 def _cfg(tmp_path, weights, latents, **train) -> FinetuneConfig:
     return FinetuneConfig(
         generator="trellis",
-        generator_path=str(weights),
+        generator_weights=str(weights),
         lora=LoraSettings(rank=4, alpha=8),
         data=DataSettings(latents=str(latents)),
         train=TrainSettings(
@@ -153,7 +153,7 @@ def test_cli_trellis_empty_latents_one_line(fake_trellis, tmp_path, capsys):
 
     lat = ft.write_latents(tmp_path / "lat", n=1, broken={0: "no_captions"})
     conf = tmp_path / "c.yaml"
-    conf.write_text(yaml.safe_dump({"generator": "trellis", "generator_path": str(fake_trellis),
+    conf.write_text(yaml.safe_dump({"generator": "trellis", "generator_weights": str(fake_trellis),
                                     "data": {"latents": str(lat)}}))  # fmt: skip
     assert main(["--config", str(conf), "--out", str(tmp_path / "o")]) == 1
     lines = capsys.readouterr().err.strip().splitlines()  # log lines, then the one error line

@@ -60,7 +60,7 @@ def _outputs(flows) -> list[torch.Tensor]:
 def _cfg(base_dir, latents, **train) -> FinetuneConfig:
     return FinetuneConfig(
         generator="trellis",
-        generator_path=str(base_dir),
+        generator_weights=str(base_dir),
         lora=LoraSettings(rank=4, alpha=8, target_modules=ALL_TARGETS),
         data=DataSettings(latents=str(latents)),
         train=TrainSettings(

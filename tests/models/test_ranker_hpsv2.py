@@ -131,7 +131,7 @@ def test_missing_checkpoint_is_one_line_before_building(open_clip, tmp_path, mon
     with pytest.raises(FileNotFoundError, match="HPS_v2.1_compressed.pt") as info:
         mod.HPSv2Ranker(checkpoint=tmp_path / "missing.pt", architecture=TINY)
     assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="ranker_path"):
+    with pytest.raises(ValueError, match="ranker_weights"):
         mod.HPSv2Ranker(checkpoint=None, architecture=TINY)
 
 

@@ -201,7 +201,7 @@ def test_preprocess_is_pil_resize_and_centre_crop():
         ("med_config.json", "med_config.json not found"),
         ("vocab.txt", "vocab.txt not found"),
         ("<folder>", "ImageReward folder .* not found"),
-        ("<unset>", "set ranker_path"),
+        ("<unset>", "set ranker_weights"),
     ],
 )
 def test_missing_pieces_are_one_line_errors(folder, tmp_path, remove, match):

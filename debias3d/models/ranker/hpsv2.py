@@ -131,7 +131,7 @@ def load_hpsv2_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if not p.is_file():
         raise FileNotFoundError(
             f"HPSv2 checkpoint {p} not found; download HPS_v2.1_compressed.pt (or HPS_v2_compressed.pt) "
-            "from the xswu/HPSv2 model page once and set ranker_path to it"
+            "from the xswu/HPSv2 model page once and set ranker_weights to it"
         )
     if p.suffix == ".safetensors":
         from debias3d.models.persistence import load_safetensors
@@ -223,7 +223,7 @@ class HPSv2Ranker(RankerBase):
         bpe = find_bpe_vocab(open_clip)
         if checkpoint is None or str(checkpoint) == "":
             raise ValueError(
-                "the 'hpsv2' ranker needs a local checkpoint: set ranker_path to HPS_v2.1_compressed.pt "
+                "the 'hpsv2' ranker needs a local checkpoint: set ranker_weights to HPS_v2.1_compressed.pt "
                 "(or HPS_v2_compressed.pt / a converted .safetensors); nothing is downloaded"
             )
         if not Path(checkpoint).is_file():

@@ -308,12 +308,12 @@ class ImageRewardRanker(RankerBase):
         """Cheap check of the folder (files present, config readable); returns the folder."""
         if path is None or str(path) == "":
             raise ValueError(
-                "the 'imagereward' ranker needs a local folder: set ranker_path to a folder with "
+                "the 'imagereward' ranker needs a local folder: set ranker_weights to a folder with "
                 "ImageReward.pt and med_config.json (THUDM/ImageReward) and bert-base-uncased's vocab.txt"
             )
         f = Path(path)
         if not f.is_dir():
-            raise FileNotFoundError(f"ImageReward folder {f} not found (set ranker_path)")
+            raise FileNotFoundError(f"ImageReward folder {f} not found (set ranker_weights)")
         if not any((f / n).is_file() for n in WEIGHT_NAMES):
             raise FileNotFoundError(
                 f"ImageReward weights not found in {f}: copy ImageReward.pt from THUDM/ImageReward there"
