@@ -183,3 +183,13 @@ def test_backends_implement_the_contract():
     assert issubclass(find("generator", "mini-trellis"), GeneratorBase)
     assert issubclass(find("generator", "trellis"), GeneratorBase)
     assert find("generator", "mini-trellis").shares_text_encoder
+
+
+@pytest.mark.parametrize("key", ["generator_weights", "generator_path"])
+def test_an_adapter_record_names_its_base_generator_weights(tmp_path, key):
+    """Records say ``generator_weights``; those written before the rename (``generator_path``) read the same."""
+    from debias3d.models.generator import read_adapter_info, write_adapter_info
+
+    write_adapter_info(tmp_path, {"generator": "mini-trellis", key: "/w/base"})
+    info = read_adapter_info(tmp_path)
+    assert info["generator_weights"] == "/w/base" and "generator_path" not in info
