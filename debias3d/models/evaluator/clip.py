@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from debias3d.models.evaluator.config import CLIPHyperScoreConfig
+from debias3d.models.evaluator.layers import target_mlp
 from debias3d.models.evaluator.model import HyperScoreBase
 
 __all__ = [
@@ -124,12 +125,7 @@ class HyperIQANet(nn.Module):
 
 def _target_net(x: Tensor, params: list[tuple[Tensor, Tensor]]) -> Tensor:
     """HyperScore's TargetNet: ReLU after every layer but the last. ``x`` ``(B, K, in)`` → ``(B, K)``."""
-    h = x
-    for j, (w, b) in enumerate(params):
-        h = torch.einsum("bki,koi->bko", h, w) + b
-        if j < len(params) - 1:
-            h = torch.relu(h)
-    return h.squeeze(-1)
+    return target_mlp(x, params, act=torch.relu)
 
 
 def _eot_index(mask: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ HyperScore predicts one score per quality dimension ``i`` as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -246,12 +246,15 @@ def condition_weighted_fusion(
     return torch.einsum("bnk,bnd->bkd", w, patches)
 
 
-def target_mlp(x: Tensor, params: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+def target_mlp(
+    x: Tensor, params: Sequence[tuple[Tensor, Tensor]], act: Callable[[Tensor], Tensor] = F.gelu
+) -> Tensor:
     """Apply per-dimension MLPs whose weights came from the hypernetwork.
 
     Args:
         x: ``(B, K, Q)`` one input per dimension.
         params: per layer ``(W, b)`` with ``W`` ``(K, out, in)`` and ``b`` ``(K, out)``.
+        act: the activation after every layer but the last.
 
     Returns:
         ``(B, K)`` (the last layer has ``out = 1``).
@@ -260,7 +263,7 @@ def target_mlp(x: Tensor, params: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
     for j, (w, b) in enumerate(params):
         h = torch.einsum("bki,koi->bko", h, w) + b
         if j < len(params) - 1:
-            h = F.gelu(h)
+            h = act(h)
     return h.squeeze(-1)
 
 
