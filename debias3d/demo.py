@@ -202,10 +202,7 @@ def _fresh_generator(cfg: EvalConfig, text_encoder: Any) -> Any:
 
 
 def _load_models(ev_cfg: EvalConfig, evaluator: Any, ranker: Any) -> tuple[Any, Any, Any, Any]:
-    """``(evaluator, ranker, text encoder, base generator)`` of a loop run.
-
-    The generator shares the evaluator's MiniLM encoder when it has one (``None`` otherwise).
-    """
+    """``(evaluator, ranker, text encoder, base generator)``; the generator shares a MiniLM evaluator's encoder."""
     from debias3d.eval.pipeline import build_scorers
 
     evaluator, ranker = build_scorers(ev_cfg, None, evaluator, ranker)

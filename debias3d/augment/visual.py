@@ -239,11 +239,8 @@ def generator_settings(cfg: Any) -> dict[str, Any]:
         "command": ("command",),
     }.get(cfg.backend, ("mesh_resolution", "generator", "generator_weights", "generator_steps", "command"))
     # item keys keep the settings' earlier names, so job folders written before the rename resume
-    return {
-        "backend": cfg.backend,
-        "resolution": cfg.resolution,
-        **{_KEY_NAMES.get(k, k): getattr(cfg, k) for k in keep},
-    }
+    named = {_KEY_NAMES.get(k, k): getattr(cfg, k) for k in keep}
+    return {"backend": cfg.backend, "resolution": cfg.resolution, **named}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -131,10 +131,6 @@ def prompt_id(text: str) -> str:
     return hashlib.sha1(normalize_text(text).encode("utf-8")).hexdigest()[:_ID_LEN]
 
 
-def _dedup_key(text: str) -> str:
-    return normalize_text(text).casefold()
-
-
 @dataclass(frozen=True)
 class Prompt:
     """One prompt of a set.

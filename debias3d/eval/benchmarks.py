@@ -237,10 +237,3 @@ def categories_improved(
         "of": len(finite),
         "categories": per,
     }
-
-
-def mean_or_nan(x: Sequence[float] | np.ndarray) -> float:
-    """Mean of the finite values (NaN when none)."""
-    a = np.asarray(x, dtype=np.float64)
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else math.nan

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CI", "bootstrap_ci", "bootstrap_diff_ci", "neglected_split", "group_mean"]
+__all__ = ["CI", "bootstrap_ci", "bootstrap_diff_ci", "neglected_split"]
 
 
 @dataclass(frozen=True)
@@ -143,13 +143,3 @@ def neglected_split(
     neglected = sorted(w for _, w in items[:k])
     rest = sorted(w for _, w in items[k:])
     return neglected, rest
-
-
-def group_mean(
-    verdicts: Sequence[bool] | np.ndarray, words: Sequence[str], group: set[str] | list[str]
-) -> float:
-    """Share of word uses shown, over the uses whose word is in ``group`` (NaN when none)."""
-    g = set(group)
-    v = np.asarray(verdicts, dtype=np.float64)
-    sel = np.fromiter((w in g for w in words), dtype=bool, count=len(words))
-    return float(v[sel].mean()) if sel.any() else math.nan
