@@ -195,12 +195,15 @@ class ModelRun:
         name: ``base``, ``finetuned`` or an ablation name.
         samples: one row per (prompt, sample): ``prompt_index``, ``prompt_id``, ``prompt``,
             ``category``, ``t3_group``, ``sample``, ``seed``, ``fidelity``, ``score_<dim>``,
-            ``valid``, ``t3_quality`` (NaN when not rendered), ``mesh`` (relative path or "").
+            ``valid``, ``t3_quality`` (NaN when not rendered), ``mesh`` (relative path or ""),
+            ``score_clamped`` (how many of the sample's scores were clamped to ``score_range``).
         verdicts: one row per (prompt, sample, word): ``prompt_index``, ``sample``, ``word``,
             ``kind``, ``shown`` (ShapeWorld ground truth; empty without parseable prompts).
         words: fidelity.py's per-word table (``word``, ``kind``, ``n``, ``fidelity``, corpus columns).
         diversity: one row per prompt: ``prompt_index``, ``category``, ``diversity``.
         fidelity_summary: fidelity.py's ``summary.json``.
+        score_range: the evaluator's documented score range (``score_<dim>`` are clamped to it);
+            None when the evaluator declares none.
     """
 
     name: str
@@ -209,6 +212,7 @@ class ModelRun:
     words: pd.DataFrame
     diversity: pd.DataFrame
     fidelity_summary: dict[str, Any] = field(default_factory=dict)
+    score_range: tuple[float, float] | None = None
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write the run under ``out_dir`` (reloadable with :meth:`load`)."""
@@ -219,7 +223,14 @@ class ModelRun:
         self.words.to_parquet(d / "words.parquet", index=False)
         self.diversity.to_parquet(d / "diversity.parquet", index=False)
         meta = json.loads(
-            json.dumps({"name": self.name, "fidelity_summary": self.fidelity_summary}, default=float)
+            json.dumps(
+                {
+                    "name": self.name,
+                    "fidelity_summary": self.fidelity_summary,
+                    "score_range": self.score_range,
+                },
+                default=float,
+            )
         )
         atomic_write_json(d / "run.json", meta)
         return d
@@ -236,7 +247,13 @@ class ModelRun:
             pd.read_parquet(d / "words.parquet"),
             pd.read_parquet(d / "diversity.parquet"),
             meta.get("fidelity_summary", {}),
+            tuple(meta["score_range"]) if meta.get("score_range") else None,
         )
+
+
+def _score_range(evaluator: Any) -> tuple[float, float] | None:
+    r = getattr(evaluator, "score_range", None)
+    return (float(r[0]), float(r[1])) if r is not None else None
 
 
 class _Replay:
@@ -344,6 +361,13 @@ def evaluate_model(
             scores.append(res.scores.cpu().numpy())
             valid.append(res.valid.cpu().numpy())
         sc = np.concatenate(scores) if scores else np.zeros((0, len(dims)))
+        score_range = getattr(evaluator, "score_range", None)
+        if score_range is not None:
+            # The head is unbounded; a score means what its label says only on the documented range.
+            lo, hi = (float(v) for v in score_range)
+            clipped = np.clip(sc, lo, hi)
+            samples["score_clamped"] = (clipped != sc).sum(axis=1).astype(int)
+            sc = clipped
         for j, dim in enumerate(dims):
             samples[f"score_{dim}"] = sc[:, j].astype(float)
         samples["valid"] = np.concatenate(valid).astype(bool) if valid else np.zeros(0, bool)
@@ -409,7 +433,7 @@ def evaluate_model(
                 save_mesh(a.mesh, Path(out_dir) / rel, "glb")
                 samples.loc[(samples["prompt_index"] == p.index) & (samples["sample"] == d), "mesh"] = rel
 
-    run = ModelRun(name, samples, verdicts, words, diversity, fsum)
+    run = ModelRun(name, samples, verdicts, words, diversity, fsum, score_range=_score_range(evaluator))
     if out_dir is not None:
         run.save(Path(out_dir) / name)
     return run
@@ -525,6 +549,12 @@ def summarize(runs: Sequence[ModelRun], cfg: EvalConfig) -> tuple[dict[str, Any]
         "neglected_rule": f"bottom {cfg.neglected_quantile:.0%} of base word fidelity (words with >= {cfg.min_word_uses} uses)",
         "fidelity": fidelity,
         "evaluator": evaluator_means,
+        "evaluator_score_range": {r.name: list(r.score_range) if r.score_range else None for r in runs},
+        "evaluator_clamped": {
+            r.name: int((r.samples["score_clamped"] > 0).sum()) if "score_clamped" in r.samples else None
+            for r in runs
+        },
+        "evaluator_samples": {r.name: len(r.samples) for r in runs},
         "t3bench_ranker": t3_label,
         "t3bench": {
             r.name: {

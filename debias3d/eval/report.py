@@ -187,6 +187,7 @@ _EVAL_TEMPLATE = (
 {{ table(fidelity_categories) }}
 <h2>MATE-3D-style table (evaluator, mean [95% CI])</h2>
 {% if categories_note %}<p class="bad">{{ categories_note }}</p>{% endif %}
+<p class="{{ 'bad' if range_note.clamped else 'muted' }}">{{ range_note.text }}</p>
 {{ table(mate3d) }}
 <h2>T3Bench-style table</h2>
 <p class="muted">quality = ranker, icosphere aggregation (best smoothed vertex × 20 + 50){% if t3bench_ranker %}, from {{ t3bench_ranker }}{% endif %}; alignment = evaluator alignment dimension.</p>
@@ -247,6 +248,34 @@ def lead_sentence(summary: dict[str, Any]) -> str:
             f"{signed(d['rest'])} points, overall fidelity {signed(d['fidelity'])} points."
         )
     return s
+
+
+def score_range_note(summary: dict[str, Any]) -> dict[str, Any]:
+    """What range the evaluator scores lie on and how many samples were clamped to it, per model.
+
+    Returns:
+        ``{"text": str, "clamped": bool}`` (``clamped``: some sample had a score outside the range).
+    """
+    ranges = summary.get("evaluator_score_range") or {}
+    counts = summary.get("evaluator_clamped") or {}
+    totals = summary.get("evaluator_samples") or {}
+    models = summary["models"]
+    known = {tuple(r) for m in models if (r := ranges.get(m))}
+    if not known:
+        return {
+            "text": "The evaluator declares no score range; its scores are shown as they came.",
+            "clamped": False,
+        }
+    rng = "; ".join(f"[{lo:g}, {hi:g}]" for lo, hi in sorted(known))
+    parts = [
+        f"{m} {counts[m]} of {totals.get(m, '?')}" if counts.get(m) is not None else f"{m} not recorded"
+        for m in models
+    ]
+    text = (
+        f"Evaluator scores lie on the evaluator's documented range {rng}; per-sample scores outside it "
+        f"were clamped to it before averaging. Samples clamped: {', '.join(parts)}."
+    )
+    return {"text": text, "clamped": any(counts.get(m) for m in models)}
 
 
 def target_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -314,6 +343,7 @@ def write_eval_report(
         t3bench_ranker=summary.get("t3bench_ranker"),
         diversity=_ci_table(tables["diversity"], "category", models),
         categories_note=summary.get("categories_note"),
+        range_note=score_range_note(summary),
     )
     path = Path(out_dir) / "report.html"
     path.write_text(html, encoding="utf-8")
@@ -357,6 +387,7 @@ measured against ShapeWorld ground truth (the measurer reads each word back from
 The paper reports full &gt; only w_h &gt; base &gt; only w_l &gt; w/o grad guide.</p>{{ table(ablation) }}
 {% else %}<p class="muted">not run (use <code>debias3d demo --ablations</code>).</p>{% endif %}
 <h2>MATE-3D-style table (evaluator)</h2>
+<p class="{{ 'bad' if range_note.clamped else 'muted' }}">{{ range_note.text }}</p>
 {{ table(mate3d) }}
 <h2>T3Bench-style table</h2>
 {{ table(t3bench) }}
@@ -466,6 +497,7 @@ def write_demo_report(
         ordering=(demo_summary.get("ablation") or {}).get("ordering"),
         mate3d=_ci_table(eval_tables["mate3d"], "category", models, extra=("dimension",)),
         t3bench=_ci_table(eval_tables["t3bench"], "t3_group", models, extra=("metric",)),
+        range_note=score_range_note(eval_summary),
         budget=budget,
         timings=timings,
     )

@@ -153,7 +153,12 @@ class CLIPHyperScore(HyperScoreBase):
         clip_model: a ``CLIPModel`` (frozen here); built from ``config.clip_path`` when None.
         tokenizer: a CLIP tokenizer (called like a HF tokenizer with ``return_offsets_mapping``);
             loaded from ``config.clip_path`` when None.
+
+    Scores lie on ``score_range = (0, 10)``: the released checkpoint regresses MATE-3D's mean
+    opinion scores, rated from 0 to 10 (its ``csvfiles/*.csv``); the head itself is unbounded.
     """
+
+    score_range: tuple[float, float] = (0.0, 10.0)
 
     def __init__(
         self,

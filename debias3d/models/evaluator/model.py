@@ -115,6 +115,10 @@ class HyperScoreBase(SavesWithoutTextEncoder, nn.Module):
 
     config: Any
     text_encoder: Any
+    #: ``(low, high)``: the range the evaluator's scores are documented to lie on (its training
+    #: targets). Each subclass declares it; the network itself is unbounded, so reports clamp
+    #: per-sample scores to this range and count the samples clamped.
+    score_range: tuple[float, float]
 
     def __init__(self) -> None:
         super().__init__()
@@ -379,7 +383,12 @@ class ShapeWorldHyperScore(HyperScoreBase):
     Args:
         config: architecture; defaults to :class:`EvaluatorModelConfig`.
         text_encoder: a frozen :class:`debias3d.models.text_encoder.TextEncoder`; default MiniLM.
+
+    Scores lie on ``score_range = (0, 1)``, the range of its training ratings
+    (:mod:`debias3d.models.evaluator.data`); the regression head itself is unbounded.
     """
+
+    score_range: tuple[float, float] = (0.0, 1.0)
 
     def __init__(self, config: EvaluatorModelConfig | None = None, text_encoder: Any = None) -> None:
         super().__init__()
