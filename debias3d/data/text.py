@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["WORD_RE", "lemma", "lemmas", "missing_words", "word_spans", "words"]
+__all__ = ["WORD_RE", "lemma", "missing_words", "word_spans", "words"]
 
 #: A word: letters/digits, with inner hyphens or apostrophes ("upside-down", "it's").
 WORD_RE = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*", re.UNICODE)
@@ -89,21 +89,12 @@ def lemma(word: str) -> str:
     return w
 
 
-def lemmas(text: str) -> list[str]:
-    """``[lemma(t) for t in words(text)]``."""
-    return [lemma(t) for t in words(text)]
-
-
-def _phrase(word: str) -> tuple[str, ...]:
-    return tuple(lemma(t) for t in words(word))
-
-
 def missing_words(text: str, wanted: Iterable[str]) -> list[str]:
     """Words (single words or phrases such as ``on top of``) whose lemmas do not occur in ``text``."""
-    seq = lemmas(text)
+    seq = [lemma(t) for t in words(text)]
     out = []
     for w in wanted:
-        ph = _phrase(w)
+        ph = tuple(lemma(t) for t in words(w))
         if not ph:
             continue
         n = len(ph)
