@@ -16,7 +16,8 @@ Recipe, step by step (as in the diffusers script):
    the interrupted epoch (``skip_first_batches``).
 6. Train with ``accumulate`` / ``sync_gradients`` + ``clip_grad_norm_``; log (main process only)
    to ``train_log.jsonl`` and a tqdm bar; ``save_state`` every ``checkpointing_steps`` with rotation
-   to ``checkpoints_total_limit``.
+   to ``checkpoints_total_limit``. Each checkpoint also holds the log up to its step, so a resume
+   rebuilds rows the live log lost (a torn line anywhere) and the final log has every step once.
 7. Save the final adapter in ``out/`` (the folder ``PeftModel.from_pretrained`` and
    ``debias3d generate --adapter`` read).
 
@@ -51,7 +52,9 @@ from debias3d.runs import (
     FingerprintError,
     RunFingerprint,
     RunLock,
+    append_jsonl,
     atomic_write_json,
+    atomic_write_text,
     fingerprint,
     fsync_dir,
     read_json,
@@ -322,21 +325,39 @@ def _collate_rows(rows: list[int]) -> Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-def _log_row(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+def _log_row(path: Path, rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Append ``row`` to the log file (a torn tail is cut first) and to ``rows``, the run's log in memory."""
+    rows.append(row)
+    append_jsonl(path, [row], fsync=False)
 
 
-def _trim_log(path: Path, keep_until: int) -> None:
-    """Keep rows with ``step <= keep_until`` (a resumed run rewrites the steps after its checkpoint).
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace the log file with ``rows`` (one per step, in step order), atomically."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
-    A line that does not parse (the last row, torn when the run was killed mid-write) is dropped
-    with a warning: the resumed run writes that step again.
+
+def _restore_log(path: Path, checkpoint: Path, keep_until: int, expected: set[int]) -> list[dict[str, Any]]:
+    """The log rows of steps ``<= keep_until`` for a run resumed from ``checkpoint``, one per step.
+
+    Every checkpoint holds its run's log up to its step (``train_log.jsonl``, sealed with the
+    checkpoint), so rows the live log lost (a torn line anywhere in it) are taken from there; the
+    live log only fills steps the checkpoint's copy lacks (a checkpoint made by an older version).
+    Steps in ``expected`` that neither has are named in a warning. The rows after ``keep_until``
+    are dropped: the resumed run logs those steps again.
     """
-    if not path.is_file():
-        return
-    kept = [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("step", 0) <= keep_until]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    by_step: dict[int, dict[str, Any]] = {}
+    for src in (path, checkpoint / LOG_NAME):  # the checkpoint's sealed copy wins
+        if src.is_file():
+            for r in read_jsonl(src):
+                if isinstance(r, dict) and isinstance(r.get("step"), int) and 0 < r["step"] <= keep_until:
+                    by_step[r["step"]] = r
+    missing = sorted(expected - set(by_step))
+    if missing:
+        logger.warning(
+            "%s: the log rows of steps %s were lost and %s holds no copy of them",
+            path, ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else ""), checkpoint.name,
+        )  # fmt: skip
+    return [by_step[k] for k in sorted(by_step)]
 
 
 def finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike, generator: Any | None = None) -> FinetuneResult:
@@ -549,6 +570,7 @@ def _finetune(
     global_step = 0
     first_epoch = 0
     resume_batches = 0
+    resumed_from: Path | None = None
     fp = finetune_fingerprint(cfg, accelerator.num_processes)
     if main:
         _tidy_checkpoints(out)
@@ -581,6 +603,7 @@ def _finetune(
                 logger.warning("skipping %s: cannot be loaded (%s)", path, why)
                 continue
             global_step = _step_of(path)
+            resumed_from = path
             first_epoch = global_step // updates_per_epoch
             resume_batches = (global_step % updates_per_epoch) * tc.gradient_accumulation_steps
             if main:
@@ -593,9 +616,14 @@ def _finetune(
                     "run without --resume-from to start fresh"
                 )
     log_path = out / LOG_NAME
+    log_rows: list[dict[str, Any]] = []
     if main:
-        if global_step:
-            _trim_log(log_path, global_step)
+        if global_step and resumed_from is not None:
+            logged = {
+                s for s in range(1, global_step + 1) if s % tc.logging_steps == 0 or s == tc.max_train_steps
+            }
+            log_rows = _restore_log(log_path, resumed_from, global_step, logged)
+            _write_log(log_path, log_rows)
         elif log_path.exists():
             log_path.unlink()
         dump_config(cfg, out / "finetune_config.yaml")
@@ -664,7 +692,7 @@ def _finetune(
                 if accelerator.scaler is not None:
                     row["loss_scale"] = float(accelerator.scaler.get_scale())
                 row["elapsed_s"] = round(time.time() - t0, 3)
-                _log_row(log_path, row)
+                _log_row(log_path, log_rows, row)
             acc_loss = dict.fromkeys(acc_loss, 0.0)
             if global_step % tc.checkpointing_steps == 0:
                 from accelerate.utils import DistributedType
@@ -683,6 +711,7 @@ def _finetune(
                     if deepspeed:
                         accelerator.wait_for_everyone()
                     if main:
+                        _write_log(tmp_path / LOG_NAME, log_rows)  # sealed with the checkpoint
                         _publish_checkpoint(tmp_path, save_path, fp, global_step)
                         _rotate_checkpoints(out, tc.checkpoints_total_limit, fp)
                         logger.info("saved state to %s", save_path)
@@ -694,6 +723,7 @@ def _finetune(
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(objective)
     if main:
+        _write_log(log_path, log_rows)  # every logged step once, whatever happened to the file
         if tc.full_finetune:
             if hasattr(generator, "save_pretrained"):
                 generator.save_pretrained(out / "full")

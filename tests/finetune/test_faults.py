@@ -104,6 +104,29 @@ def test_explicit_damaged_checkpoint_is_a_one_line_error(ref_run, tiny_world, ti
     assert "\n" not in str(err.value)
 
 
+def _log_rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("resume_at", [2, 4])
+def test_torn_line_in_the_middle_of_the_log_is_rebuilt_on_resume(ref_run, tiny_world, tiny_gen_loader, tmp_path, resume_at):  # fmt: skip
+    """Step 1's row is torn mid-line in the middle of the log; the resumed run's final log has every
+    step exactly once, with the values of the uninterrupted run (from step 2: steps 3-4 logged again)."""
+    ref = {r["step"]: r for r in _log_rows(ref_run)}
+    assert sorted(ref) == [1, 2, 3, 4]
+    out = tmp_path / "ft"
+    shutil.copytree(ref_run / f"checkpoint-{resume_at}", out / f"checkpoint-{resume_at}")
+    lines = [json.dumps(ref[s]) for s in (1, 2, 3)]
+    lines[0] = lines[0][:20]  # torn, and then the run went on appending
+    (out / "train_log.jsonl").write_text("\n".join(lines) + "\n")
+    finetune(_cfg(tiny_world, resume="latest"), out, generator=tiny_gen_loader())
+    rows = _log_rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        for k in ("loss", "lr", "epoch"):
+            assert r[k] == pytest.approx(ref[r["step"]][k], rel=1e-5, abs=1e-7), (r["step"], k)
+
+
 KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {here!r})
@@ -155,6 +178,7 @@ def test_sigkill_at_random_points_including_saves_then_resume(tiny_world, tmp_pa
     a, b = _adapter(ref), _adapter(out)
     for k in a:
         assert (a[k] - b[k]).abs().max() < 1e-5, k
+    assert [r["step"] for r in _log_rows(out)] == list(range(1, 13))  # every step logged once
 
 
 def test_pair_mesh_paths_stay_inside_the_augment_folder(tmp_path):
