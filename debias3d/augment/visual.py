@@ -267,18 +267,31 @@ class RankerJudge:
         return float(self.quality(getattr(mesh, "mesh", mesh), prompt).score)
 
 
-def build_judge(cfg: Any) -> RankerJudge:
-    """A :class:`RankerJudge` over the ranker named by ``cfg.ranker`` (a ``VisualConfig``)."""
+def _takes(fn: Any, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword ``name`` (by name or through ``**kwargs``)."""
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def build_judge(cfg: Any, device: str | None = None) -> RankerJudge:
+    """A :class:`RankerJudge` over the ranker named by ``cfg.ranker`` (a ``VisualConfig``).
+
+    Args:
+        cfg: ``ranker``, ``ranker_weights``, ``ranking``.
+        device: torch device for the ranker (None: the ranker's default, CPU).
+    """
     from debias3d.registry import find
 
     cls = find("ranker", cfg.ranker)
+    make = cls.from_pretrained if hasattr(cls, "from_pretrained") else cls
+    kwargs: dict[str, Any] = {"device": device} if device is not None and _takes(make, "device") else {}
     if hasattr(cls, "from_pretrained"):
-        ranker = cls.from_pretrained(cfg.ranker_weights or None)
+        ranker = cls.from_pretrained(cfg.ranker_weights or None, **kwargs)
     else:
         # e.g. HPSv2Ranker(checkpoint=...): pass the weights path to whichever argument takes it
         params = inspect.signature(cls).parameters
         arg = next((a for a in ("checkpoint", "path") if a in params), None)
-        ranker = cls(**({arg: cfg.ranker_weights} if arg and cfg.ranker_weights else {}))
+        ranker = cls(**({arg: cfg.ranker_weights} if arg and cfg.ranker_weights else {}), **kwargs)
     return RankerJudge(ranker, cfg.ranking)
 
 

@@ -128,9 +128,14 @@ def load_eval_prompts(cfg: EvalConfig) -> list[EvalPrompt]:
 def build_scorers(
     cfg: EvalConfig, text_encoder: Any = None, evaluator: Any = None, ranker: Any = None
 ) -> tuple[Any, Any]:
-    """Evaluator and (when ``cfg.t3bench``) ranker from the registry; those given are kept as they are."""
+    """Evaluator and (when ``cfg.t3bench``) ranker from the registry, on ``cfg.device``; those given
+    are kept as they are. The ranker's cheap weight check runs before either model is loaded."""
     from debias3d.registry import find
 
+    if ranker is None and cfg.t3bench:
+        check = getattr(find("ranker", cfg.ranker), "check", None)
+        if check is not None:
+            check(cfg.ranker_weights)  # one line naming ranker_weights, before any model loads
     if evaluator is None:
         ev_cls = find("evaluator", cfg.evaluator)
         kwargs: dict[str, Any] = {"device": cfg.device}
@@ -143,7 +148,7 @@ def build_scorers(
 
         # build_judge knows how each ranker backend takes its weights; reuse it, keep the ranker.
         vc = VisualConfig(ranker=cfg.ranker, ranker_weights=cfg.ranker_weights or "", ranking=cfg.ranking)
-        ranker = build_judge(vc).ranker
+        ranker = build_judge(vc, device=cfg.device).ranker
     return evaluator, ranker
 
 
