@@ -370,11 +370,13 @@ measured against ShapeWorld ground truth (the measurer reads each word back from
 {% for w in neglected %}<span class="neg">{{ w }}</span> {% endfor %}</p>
 {% if word_plot %}<img alt="per-word fidelity" src="data:image/png;base64,{{ word_plot }}">{% endif %}
 {{ table(fidelity_groups) }}
-<h2>Word heatmaps (evaluator attribution, |∂q/∂e|) before and after</h2>
+<h2>Word heatmaps before and after</h2>
+<p class="muted">Each audit's heatmaps: what the shape shows (the selected word probe) and what the evaluator
+reacts to (the gradient). Colour scales are per audit: compare colours within one block, numbers across them.</p>
 {% if showcase %}{% for s in showcase %}<div class="cell"><b>{{ s.prompt }}</b>
-<span class="muted">({{ s.category }}; audit w_h = {{ s.w_h }}, w_l = {{ s.w_l }})</span><br>
-{% if s.before %}<img alt="heatmap before" src="data:image/png;base64,{{ s.before }}">{% else %}<span class="muted">no heatmap</span>{% endif %}
-{% if s.after %}<img alt="heatmap after" src="data:image/png;base64,{{ s.after }}">{% endif %}</div>{% endfor %}
+<span class="muted">({{ s.category }}; audit w_h = {{ s.w_h }}, w_l = {{ s.w_l }})</span>
+<div><b>base model</b><br>{% if s.before %}<img alt="heatmap before" src="data:image/png;base64,{{ s.before }}">{% else %}<span class="muted">no heatmap</span>{% endif %}</div>
+<div><b>fine-tuned model</b><br>{% if s.after %}<img alt="heatmap after" src="data:image/png;base64,{{ s.after }}">{% else %}<span class="muted">no heatmap</span>{% endif %}</div></div>{% endfor %}
 {% else %}<p class="muted">no showcase prompts</p>{% endif %}
 <h2>Meshes before and after (same prompts, same seeds)</h2>
 {% if thumbs %}<table><tr><th>prompt</th><th>base</th><th>fine-tuned</th></tr>
