@@ -7,9 +7,11 @@ text tokens by a factor ``f`` and renormalises, for the sampling times ``t`` ins
     a'_j = f_j·a_j / Σ_k f_k·a_k      ⇔      softmax(q·k_j/√d + log f_j)
 
 It works on any generator whose flow transformers use TRELLIS's attention layout (``to_q``,
-``to_kv``, ``to_out`` in a ``MultiHeadAttention`` of type ``"cross"``): mini TRELLIS and real
-TRELLIS's dense stage 1. Nothing in the model code changes: a forward pre-hook on each flow model
-reads the step's ``t`` and decides which batch rows are the prompts to refocus, and each
+``to_kv``, ``to_out`` in a ``MultiHeadAttention`` of type ``"cross"``): mini TRELLIS, real
+TRELLIS's dense stage 1 and its sparse stage 2 (``SparseMultiHeadAttention``, whose attention
+kernel takes no bias: the bias rides on an extra head channel, see
+:func:`_refocused_sparse_attention`). Nothing in the model code changes: a forward pre-hook on
+each flow model reads the step's ``t`` and decides which batch rows are the prompts to refocus, and each
 cross-attention module's ``forward`` is wrapped (attention-processor style) only while the context
 manager is open.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,6 +240,64 @@ def _refocused_attention(
     return module.to_out(h.transpose(1, 2).reshape(b, t, c))
 
 
+def _is_sparse(x: Any) -> bool:
+    """A TRELLIS ``SparseTensor`` (duck-typed: the package is optional)."""
+    return not isinstance(x, Tensor) and all(hasattr(x, n) for n in ("feats", "replace", "layout"))
+
+
+def _sparse_kernel(module: nn.Module) -> Callable:
+    """The ``sparse_scaled_dot_product_attention`` that ``module``'s own forward calls."""
+    for cls in type(module).__mro__:
+        fn = getattr(sys.modules.get(cls.__module__), "sparse_scaled_dot_product_attention", None)
+        if fn is not None:
+            return fn
+    raise RuntimeError(
+        f"refocus: {type(module).__name__} has no sparse_scaled_dot_product_attention in its module"
+    )
+
+
+def _refocused_sparse_attention(module: nn.Module, x: Any, context: Tensor, bias: Tensor) -> Any:
+    """TRELLIS ``SparseMultiHeadAttention`` (type ``"cross"``) with a per-key logit bias.
+
+    ``x`` a ``SparseTensor`` of ``B`` sequences, ``context (B, L, C_ctx)`` dense, ``bias (B, L)``
+    (``log f``) → ``SparseTensor`` like the module's own forward. The attention is computed by the
+    module's own kernel (``sparse_scaled_dot_product_attention``: flash-attn varlen or xformers),
+    which takes no bias; the bias is carried exactly by extra head channels. With ``d`` the head
+    width and ``d'`` the padded one (a multiple of 8, as the kernels want)::
+
+        q' = [q·√(d'/d), 1, 0…],  k' = [k, √d'·log f_j, 0…],  v' = [v, 0…]
+        q'·k'_j / √d' = q·k_j / √d + log f_j
+
+    so the kernel's default scale ``1/√d'`` gives the refocused softmax, and the output is sliced
+    back to ``d`` channels.
+    """
+    kernel = _sparse_kernel(module)
+    n_heads = module.num_heads
+    b, lk = context.shape[:2]
+    q = module._reshape_chs(module._linear(module.to_q, x), (n_heads, -1))  # feats (T, H, d)
+    kv = module.to_kv(context).reshape(b, lk, 2, n_heads, -1)  # (B, L, 2, H, d)
+    k, v = kv.unbind(dim=2)
+    if getattr(module, "qk_rms_norm", False):
+        q = module.q_rms_norm(q)
+        k = module.k_rms_norm(k)
+    qf = q.feats
+    d = qf.shape[-1]
+    dp = (d + 1 + 7) // 8 * 8
+    pad = dp - d
+    dtype = qf.dtype
+    q_extra = qf.new_zeros(*qf.shape[:-1], pad)
+    q_extra[..., 0] = 1.0
+    qp = torch.cat([qf * math.sqrt(dp / d), q_extra], dim=-1)
+    k_extra = k.new_zeros(*k.shape[:-1], pad)
+    k_extra[..., 0] = (math.sqrt(dp) * bias[:, :lk].float()).to(k.dtype)[:, :, None]
+    kp = torch.cat([k, k_extra], dim=-1)
+    vp = torch.cat([v, v.new_zeros(*v.shape[:-1], pad)], dim=-1)
+    h = kernel(q.replace(qp.to(dtype)), torch.stack([kp, vp], dim=2).to(dtype))
+    h = h.replace(h.feats[..., :d].contiguous())
+    h = module._reshape_chs(h, (-1,))
+    return module._linear(module.to_out, h)
+
+
 @dataclass
 class _Target:
     prompt: str
@@ -373,12 +434,15 @@ class Refocuser:
 
         def forward(x, context=None, *args, **kwargs):
             bias = self._state.get(stage)
-            if bias is None or context is None or not isinstance(x, Tensor):
+            sparse = _is_sparse(x)
+            if bias is None or not isinstance(context, Tensor) or not (sparse or isinstance(x, Tensor)):
                 return original(x, context, *args, **kwargs)
-            if bias.shape[0] != x.shape[0]:
+            if bias.shape[0] != x.shape[0] or context.shape[0] != x.shape[0]:
                 raise RuntimeError(
                     f"refocus: a cross-attention got {x.shape[0]} rows but its flow model {bias.shape[0]}"
                 )
+            if sparse:
+                return _refocused_sparse_attention(module, x, context, bias)
             return _refocused_attention(module, x, context, bias, kwargs.get("mask"))
 
         module.forward = forward
@@ -391,17 +455,13 @@ class Refocuser:
         for stage in self.config.stages:
             model = flows[stage]
             crosses = [m for m in model.modules() if _is_cross_attention(m)]
-            dense = [m for m in crosses if "Sparse" not in type(m).__name__]
-            if not dense:
+            if not crosses:
                 logger.warning(
-                    "refocus: stage %s has no dense TRELLIS-layout cross-attention; it is not refocused",
-                    stage,
+                    "refocus: stage %s has no TRELLIS-layout cross-attention; it is not refocused", stage
                 )
                 continue
-            if len(dense) < len(crosses):
-                logger.warning("refocus: stage %s: sparse cross-attention layers are not refocused", stage)
             self._handles.append(model.register_forward_pre_hook(self._pre_hook(stage), with_kwargs=True))
-            for m in dense:
+            for m in crosses:
                 self._wrap(stage, m)
         return self
 

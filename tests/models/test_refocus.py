@@ -1,6 +1,6 @@
 """Token refocusing: parsing and bad input, token mapping, the attention math against an independent
 reference (an integer factor m equals the token repeated m times), row matching inside CFG batches,
-and the hook on real TRELLIS's stage-1 flow model."""
+and the hook on real TRELLIS's stage-1 (dense) and stage-2 (sparse) flow models."""
 
 from __future__ import annotations
 
@@ -276,6 +276,130 @@ def test_trellis_stage1_cross_attention_refocused(trellis_modules, qk_rms_norm_c
     assert not torch.allclose(got[:1], base[:1], atol=1e-4)
     torch.testing.assert_close(got[1:], base[1:])  # the other row is not the prompt: unchanged
     assert os.environ["ATTN_BACKEND"] == "sdpa"
+
+
+# -------------------------------------------------------------------- real TRELLIS stage 2
+@pytest.fixture()
+def slat_modules(monkeypatch):
+    """The real ``trellis.models.structured_latent_flow`` (sparse stage 2) with the flash-attn
+    CPU stand-in, imported through ``tests/finetune/real_trellis.py``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "finetune"))
+    try:
+        import real_trellis as rt
+    finally:
+        sys.path.pop(0)
+    rt.install(monkeypatch)  # skips with the reason when ../shared/third_party or spconv is absent
+    try:
+        yield rt, importlib.import_module("trellis.models.structured_latent_flow")
+    finally:
+        rt.drop_modules()
+
+
+def _sparse_input(n_rows: int = 2):
+    """Sequences of 6 and 5 voxels; ``n_rows=1`` is exactly the first of them."""
+    from trellis.modules.sparse import SparseTensor
+
+    g = torch.Generator().manual_seed(3)
+    batch = torch.cat([torch.full((6, 1), 0), torch.full((5, 1), 1)])
+    coords = torch.cat([batch, torch.randint(0, 64, (11, 3), generator=g)], 1).int()
+    feats = torch.randn(11, 8, generator=g)
+    n = 6 if n_rows == 1 else 11
+    return SparseTensor(feats=feats[:n], coords=coords[:n])
+
+
+def _counting_kernel(monkeypatch):
+    """Record the head width every flash-attn kv-packed call sees (the stage-2 cross-attention)."""
+    import flash_attn
+
+    seen: list[int] = []
+    inner = flash_attn.flash_attn_varlen_kvpacked_func
+
+    def spy(q, kv, *args, **kwargs):
+        seen.append(int(q.shape[-1]))
+        return inner(q, kv, *args, **kwargs)
+
+    monkeypatch.setattr(flash_attn, "flash_attn_varlen_kvpacked_func", spy)
+    return seen
+
+
+@pytest.mark.parametrize("use_fp16", [False, True])
+def test_trellis_stage2_sparse_cross_attention_math(slat_modules, monkeypatch, use_fp16):
+    """On one real ``SparseMultiHeadAttention``: zero bias = the module's own forward; ``log m`` on
+    token j = the context with token j repeated m times; a row without bias is unchanged."""
+    from debias3d.models import refocus as rfm
+
+    rt, slat = slat_modules
+    modules = importlib.import_module("trellis.modules.sparse.attention.modules")
+    torch.manual_seed(0)
+    attn = modules.SparseMultiHeadAttention(32, 2, ctx_channels=12, type="cross").eval()
+    dtype = torch.float16 if use_fp16 else torch.float32
+    attn.to(dtype)
+    x = _sparse_input(2)
+    x = x.replace(torch.randn(x.feats.shape[0], 32, generator=torch.Generator().manual_seed(1)).to(dtype))
+    ctx = torch.randn(2, 7, 12, generator=torch.Generator().manual_seed(2)).to(dtype)
+    tol = {"atol": 2e-3, "rtol": 2e-3} if use_fp16 else {"atol": 1e-5, "rtol": 1e-5}
+    seen = _counting_kernel(monkeypatch)
+    with torch.no_grad():
+        base = attn(x, ctx).feats.float()
+        zero = rfm._refocused_sparse_attention(attn, x, ctx, torch.zeros(2, 7)).feats.float()
+        bias = torch.zeros(2, 7)
+        bias[0, 2] = math.log(3.0)
+        got = rfm._refocused_sparse_attention(attn, x, ctx, bias).feats.float()
+        dup = torch.cat([ctx[:, :3], ctx[:, 2:3], ctx[:, 2:3], ctx[:, 3:]], 1)  # token 2 three times
+        ref = attn(x, dup).feats.float()
+    assert seen == [16, 24, 24, 16]  # head width 16, padded to 24 with the bias channel
+    torch.testing.assert_close(zero, base, **tol)
+    rows0 = slice(0, 6)  # the first sequence's voxels
+    torch.testing.assert_close(got[rows0], ref[rows0], **tol)
+    assert not torch.allclose(got[rows0], base[rows0], atol=1e-2)
+    torch.testing.assert_close(got[6:], base[6:], **tol)  # second row: no bias, unchanged
+
+
+@pytest.mark.parametrize("use_fp16", [False, True])
+def test_trellis_stage2_flow_model_refocused(slat_modules, monkeypatch, use_fp16):
+    """The hook on the real stage-2 ``SLatFlowModel``: factor 2 on a token equals that token
+    twice in the condition; the other prompt's row is unchanged; factor 1 changes nothing."""
+    from debias3d.models import refocus as rfm
+
+    rt, slat = slat_modules
+    torch.manual_seed(0)
+    model = slat.SLatFlowModel(**{**rt.SLAT_ARGS, "use_fp16": use_fp16}).eval()
+    rt.randomise_zero_init(model, 1)
+    crosses = [m for m in model.modules() if rfm._is_cross_attention(m)]
+    assert len(crosses) == 2 and all(type(m).__name__ == "SparseMultiHeadAttention" for m in crosses)
+
+    x, t = _sparse_input(2), torch.full((2,), 600.0)
+    cond = torch.randn(2, 7, 16, generator=torch.Generator().manual_seed(4))
+
+    class _Gen:  # a stand-in for TrellisGenerator: its flow model is the real one
+        name = "trellis-stage2-test"
+        flow_models = {"stage2": model}
+
+    rfm.register_text_side(_Gen.name)(lambda gen, prompt: (cond[0], [(0, 0), (0, 1), (2, 8)] + [(0, 0)] * 4))
+    tol = {"atol": 3e-3, "rtol": 3e-3} if use_fp16 else {"atol": 1e-5, "rtol": 1e-4}
+    seen = _counting_kernel(monkeypatch)
+    cfg = RefocusConfig(stages=("stage2",))
+    try:
+        with torch.no_grad():
+            base = model(x, t, cond).feats.float()
+            with Refocuser(_Gen(), {"a narrow": {"narrow": 1.0}}, cfg) as rf1:
+                one = model(x, t, cond).feats.float()
+            n_plain = len(seen)
+            with Refocuser(_Gen(), {"a narrow": {"narrow": 2.0}}, cfg) as rf:
+                got = model(x, t, cond).feats.float()
+            dup = torch.cat([cond[:1, :3], cond[:1, 2:3], cond[:1, 3:]], 1)  # token 2 twice = factor 2
+            ref = model(_sparse_input(1), t[:1], dup).feats.float()
+    finally:
+        rfm._TEXT_SIDES.pop(_Gen.name)
+    assert seen[n_plain:] == [24, 24, 16, 16]  # refocused blocks use the padded head width
+    torch.testing.assert_close(one, base, rtol=0, atol=0)
+    assert rf1.report.active_calls == {}
+    assert rf.report.rows[0]["tokens"] == [2] and rf.report.active_calls == {"stage2": 1}
+    torch.testing.assert_close(got[:6], ref, **tol)
+    assert not torch.allclose(got[:6], base[:6], atol=1e-2)
+    torch.testing.assert_close(got[6:], base[6:], **tol)  # the other prompt's row
+    for m in model.modules():
+        assert "forward" not in vars(m)
 
 
 # ------------------------------------------------------------------------------------ CLI
