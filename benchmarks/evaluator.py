@@ -1,7 +1,7 @@
 """Evaluator cost per batch of prompts with cached views: forward, forward+backward, peak memory.
 
 The audit back-propagates the evaluator's scores to the prompt token embeddings once per batch, so
-these numbers are its unit of cost (issue 5 reports attribution cost as a ratio to them).
+these numbers are its unit of cost (the attribution benchmark reports its cost as a ratio to them).
 
     .venv/bin/python benchmarks/evaluator.py --batch 32 --repeats 5 --threads 2 --json
 """

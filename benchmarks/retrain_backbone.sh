@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain the shipped mini-TRELLIS from scratch with its recorded recipe and seeds, then compare the
-# result with debias3d/assets/mini_trellis (issue 3: "a retrain with the same seed gives a model whose
-# fidelity figures match the shipped ones within a stated tolerance").
+# result with debias3d/assets/mini_trellis (a retrain with the same seed should give a model whose
+# fidelity figures match the shipped ones within a stated tolerance).
 #
 #   bash benchmarks/retrain_backbone.sh [OUT]        (default OUT: runs/retrain; ~13.5 min on 2 cores)
 #
