@@ -1,4 +1,4 @@
-"""LoRA vs full fine-tuning of mini TRELLIS, in the same run .
+"""LoRA vs full fine-tuning of mini TRELLIS, in the same run.
 
 Reports the trainable share of parameters, the optimizer-state size, and the step time (forward +
 backward + AdamW step of both stages, the pre-training objective) and peak memory of LoRA versus
