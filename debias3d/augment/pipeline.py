@@ -55,6 +55,7 @@ from debias3d.augment.sources import (
     Source,
     load_sources,
 )
+from debias3d.data.text import words as tokens  # noqa: F401  (augment's word splitter, as before)
 from debias3d.runs import RunLock, atomic_write_text, estimate_line
 
 __all__ = [
