@@ -141,6 +141,8 @@ class Prompt:
         source: where it came from, ``"path:line"``.
         truncated: the prompt has more tokens than the text encoder's limit.
         n_tokens: token count from the ``token_counter`` given to :func:`load_prompts`, else ``None``.
+        spec: the ShapeWorld :class:`~debias3d.data.shapeworld.spec.SceneSpec` the text means, when
+            known (written by the grammar or parsed), else ``None``.
 
     ``id`` is derived from ``text`` (see :func:`prompt_id`) and cannot be passed in.
     """
@@ -151,6 +153,7 @@ class Prompt:
     source: str = ""
     truncated: bool = False
     n_tokens: int | None = None
+    spec: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", prompt_id(self.text))

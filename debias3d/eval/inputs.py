@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from debias3d.data.prompts import Prompt
 from debias3d.eval.config import EvalConfig
 from debias3d.runs import (
     Timer,
@@ -15,19 +16,11 @@ from debias3d.runs import (
 
 
 @dataclass(frozen=True)
-class EvalPrompt:
-    """One evaluation prompt: ``text``, ``category``, ShapeWorld ``spec`` (None when it does not parse)."""
+class EvalPrompt(Prompt):
+    """One evaluation prompt: a :class:`~debias3d.data.prompts.Prompt` (``text``, ``category``, ShapeWorld
+    ``spec``, None when the text does not parse) with its ``index`` in the evaluation set."""
 
-    index: int
-    text: str
-    category: str
-    spec: Any = None
-
-    @property
-    def id(self) -> str:
-        from debias3d.data.prompts import prompt_id
-
-        return prompt_id(self.text)
+    index: int = 0
 
 
 _Timer = Timer  # one timer class for every stage (debias3d.runs)
@@ -52,12 +45,12 @@ def load_eval_prompts(cfg: EvalConfig) -> list[EvalPrompt]:
                 spec = parse(p.text)
             except ValueError:
                 spec = None
-            out.append(EvalPrompt(i, p.text, p.category or NO_CATEGORY, spec))
+            out.append(EvalPrompt(p.text, p.category or NO_CATEGORY, spec=spec, index=i))
     else:
         from debias3d.data.shapeworld.grammar import evaluation_prompts
 
         for i, p in enumerate(evaluation_prompts(cfg.per_category, seed=cfg.prompt_seed)):
-            out.append(EvalPrompt(i, p.text, p.category, p.spec))
+            out.append(EvalPrompt(p.text, p.category, spec=p.spec, index=i))
     if cfg.max_prompts:
         out = out[: cfg.max_prompts]
     if not out:

@@ -285,4 +285,4 @@ def row_to_grid(row: Mapping, resolution: int = 16):
 
 def row_to_prompt(row: Mapping) -> Prompt:
     """The :class:`Prompt` of one corpus row."""
-    return Prompt(row["prompt"], row["category"], SceneSpec.from_json(row["spec"]))
+    return Prompt(row["prompt"], row["category"], spec=SceneSpec.from_json(row["spec"]))

@@ -23,11 +23,11 @@ others (nouns, colours, modifiers, actions, relations), which is how the corpus 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from debias3d.data.prompts import Prompt  # a written prompt: text, category and the spec it means
 from debias3d.data.shapeworld import vocab
 from debias3d.data.shapeworld.builder import (
     DETAIL_WORDS,
@@ -40,15 +40,6 @@ from debias3d.data.shapeworld.phrasing import write_prompt
 from debias3d.data.shapeworld.spec import ObjectSpec, SceneSpec
 
 MAX_TRIES = 200
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A written prompt with its category and the spec it means."""
-
-    text: str
-    category: str
-    spec: SceneSpec
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,7 +265,7 @@ def sample_prompts(
     for _ in range(n):
         cat = category or cats[int(rng.choice(len(cats), p=cw / cw.sum()))]
         spec = sample_spec(cat, rng, word_weights)
-        out.append(Prompt(write_prompt(spec, rng), cat, spec))
+        out.append(Prompt(write_prompt(spec, rng), cat, spec=spec))
     return out
 
 
@@ -305,5 +296,5 @@ def evaluation_prompts(n_per_category: int = 12, seed: int = 0, min_word_count: 
                 break
             spec = sample_spec(cat, rng, {w: 50.0})  # strongly favour the missing word
             if w in spec.words():
-                prompts.append(Prompt(write_prompt(spec, rng), cat, spec))
+                prompts.append(Prompt(write_prompt(spec, rng), cat, spec=spec))
     return prompts
