@@ -14,7 +14,6 @@ from debias3d.bias_audit.config import AuditConfig
 from debias3d.runs import Timer
 
 logger = logging.getLogger(__name__)
-_Timer = Timer  # one timer class for every stage (debias3d.runs)
 
 
 def _thumb(views: Any, path: Path) -> None:
@@ -101,7 +100,7 @@ def process_batch(
     out_dir: Path,
     n_total: int,
     stop_words: frozenset[str],
-    timer: _Timer | None = None,
+    timer: Timer | None = None,
     proposer: Any = None,
 ) -> list[dict[str, Any]]:
     """Localize and attribute one batch of prompts; returns one JSON-able record per prompt.
@@ -115,7 +114,7 @@ def process_batch(
     from debias3d.bias_audit.attribute import attribute_prompts
     from debias3d.bias_audit.localize import localize_batch
 
-    timer = timer or _Timer()
+    timer = timer or Timer()
     att = cfg.attribution
     dims = list(evaluator.dimensions)
     texts = [p.text for _, p in batch]
@@ -275,7 +274,7 @@ def _run_probes(
     att: Any,
     stop_words: frozenset[str],
     proposer: Any,
-    timer: _Timer,
+    timer: Timer,
 ) -> tuple[dict[str, Any], list[str]]:
     """Every configured word probe on the batch's cached view features."""
     from debias3d.bias_audit.probes import probe_prompts

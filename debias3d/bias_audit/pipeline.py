@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from debias3d.bias_audit.batch import (
-    _Timer,
     build_probe_proposer,
     process_batch,
 )
@@ -39,7 +38,7 @@ from debias3d.bias_audit.merge import (
     _read_shards,
     merge_shards,
 )
-from debias3d.runs import RunFingerprint, RunLock, append_jsonl, atomic_write_json, estimate_line
+from debias3d.runs import RunFingerprint, RunLock, Timer, append_jsonl, atomic_write_json, estimate_line
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +182,7 @@ def _run_audit(
     from debias3d.progress import tqdm
 
     shard_dir = out / "shards"
-    timer = _Timer()
+    timer = Timer()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     with timer("load_models"):

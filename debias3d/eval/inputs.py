@@ -10,7 +10,6 @@ from typing import Any
 from debias3d.data.prompts import Prompt
 from debias3d.eval.config import EvalConfig
 from debias3d.runs import (
-    Timer,
     read_json,
 )
 
@@ -21,9 +20,6 @@ class EvalPrompt(Prompt):
     ``spec``, None when the text does not parse) with its ``index`` in the evaluation set."""
 
     index: int = 0
-
-
-_Timer = Timer  # one timer class for every stage (debias3d.runs)
 
 
 def load_eval_prompts(cfg: EvalConfig) -> list[EvalPrompt]:

@@ -15,8 +15,9 @@ import pandas as pd
 
 from debias3d.data.assets import save_mesh
 from debias3d.eval.config import EvalConfig
-from debias3d.eval.inputs import EvalPrompt, _Timer
+from debias3d.eval.inputs import EvalPrompt
 from debias3d.runs import (
+    Timer,
     atomic_write_json,
     read_json,
 )
@@ -136,7 +137,7 @@ def evaluate_model(
     ranker: Any = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
-    timer: _Timer | None = None,
+    timer: Timer | None = None,
 ) -> ModelRun:
     """Generate D samples per prompt with ``generator`` and measure them (see the module doc).
 
@@ -158,7 +159,7 @@ def evaluate_model(
     from debias3d.eval.fidelity import run_fidelity
     from debias3d.progress import tqdm
 
-    timer = timer or _Timer()
+    timer = timer or Timer()
     D = cfg.samples  # noqa: N806 — the paper's symbol
     texts = [p.text for p in prompts]
     kwargs: dict[str, Any] = {"num_samples": D, "batch_size": cfg.generate_batch_size}

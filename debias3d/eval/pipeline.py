@@ -39,7 +39,6 @@ from typing import Any
 from debias3d.eval.config import EvalConfig
 from debias3d.eval.inputs import (
     EvalPrompt,
-    _Timer,
     build_scorers,
     check_adapter,
     load_eval_prompts,
@@ -53,6 +52,7 @@ from debias3d.eval.summary import TARGETS, _jsonable, decide_targets, summarize,
 from debias3d.runs import (
     RunFingerprint,
     RunLock,
+    Timer,
     atomic_write_json,
     fingerprint,
 )
@@ -179,7 +179,7 @@ def _run_eval(
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    timer = _Timer()
+    timer = Timer()
     prompts = list(prompts) if prompts is not None else load_eval_prompts(cfg)
     with timer("load_models"):
         te = getattr(generator, "text_encoder", None)
