@@ -1,4 +1,7 @@
-"""peft LoRA on a generator's flow transformers: add, reload, merge.
+"""peft LoRA on a generator's flow transformers: add a fresh adapter for training.
+
+Reloading and merging are the generator's own (:meth:`~debias3d.models.generator.GeneratorBase.load_adapter`,
+``merge_adapter``); they read the same adapter folder.
 
 Both stages live in ONE container, ``nn.ModuleDict(generator.flow_models)``
 (``{"stage1": SparseStructureFlowModel, "stage2": SLatFlowModel}`` for mini TRELLIS; the TRELLIS
@@ -19,8 +22,8 @@ not match the time embedder's ``t_embedder.mlp.0``).
 
 Real TRELLIS note: its stage-2 ``SparseLinear`` layers (``mlp.mlp.0``, ``mlp.mlp.2``) subclass
 ``nn.Linear`` but take a ``SparseTensor``; stock peft wraps them and then fails at forward time.
-They get :class:`~debias3d.finetune.sparse_lora.SparseLoraLinear` through peft's custom-module
-hook, registered here both when an adapter is added and when one is reloaded.
+They get :class:`~debias3d.models.sparse_lora.SparseLoraLinear` through peft's custom-module
+hook, registered here when an adapter is added and by ``load_adapter`` when one is reloaded.
 :func:`resolve_targets` refuses any other ``nn.Linear`` subclass with its own forward, at set-up,
 with the names.
 """
@@ -28,25 +31,15 @@ with the names.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from debias3d.models.generator import (
-    ADAPTER_INFO_NAME,
-    GeneratorBase,
-    GeneratorSpec,
-    build_generator,
-    check_adapter_dir,
-    read_adapter_info,
-    write_adapter_info,
-)
+from debias3d.models.generator import ADAPTER_INFO_NAME, flow_container, read_adapter_info, write_adapter_info
 
 logger = logging.getLogger(__name__)
 
@@ -59,20 +52,9 @@ __all__ = [
     "make_lora_config",
     "add_lora",
     "lora_parameters",
-    "apply_adapter",
-    "merge_adapter",
-    "load_generator",
     "read_adapter_info",
     "write_adapter_info",
 ]
-
-
-def flow_container(generator: Any) -> nn.ModuleDict:
-    """``nn.ModuleDict`` of ``generator.flow_models`` (the same module objects, not copies)."""
-    models = getattr(generator, "flow_models", None)
-    if not isinstance(models, dict) or not models:
-        raise TypeError(f"{type(generator).__name__} has no flow_models dict to fine-tune")
-    return nn.ModuleDict(dict(models))
 
 
 def _is_plain_linear(module: nn.Module) -> bool:
@@ -82,7 +64,7 @@ def _is_plain_linear(module: nn.Module) -> bool:
 
 def _is_lora_linear(module: nn.Module) -> bool:
     """A layer this project can put LoRA on: a plain ``nn.Linear`` or TRELLIS's ``SparseLinear``."""
-    from .sparse_lora import is_sparse_linear
+    from debias3d.models.sparse_lora import is_sparse_linear
 
     return _is_plain_linear(module) or is_sparse_linear(module)
 
@@ -153,7 +135,7 @@ def make_lora_config(settings: Any, container: nn.ModuleDict):
     """peft ``LoraConfig`` from :class:`~debias3d.finetune.config.LoraSettings` (targets checked)."""
     from peft import LoraConfig
 
-    from .sparse_lora import register_sparse_lora
+    from debias3d.models.sparse_lora import register_sparse_lora
 
     resolve_targets(container, settings.stages, settings.target_modules)
     config = LoraConfig(
@@ -192,48 +174,3 @@ def add_lora(generator: Any, settings: Any):
 def lora_parameters(model: nn.Module) -> dict[str, torch.nn.Parameter]:
     """Name → parameter for every LoRA weight (``lora_A`` / ``lora_B``) of a peft model."""
     return {n: p for n, p in model.named_parameters() if "lora_" in n}
-
-
-def apply_adapter(generator: Any, adapter_dir: str | os.PathLike, merge: bool = True) -> Any:
-    """Load a fine-tuned adapter into ``generator`` in place (for ``generate --adapter DIR`` and eval).
-
-    Args:
-        generator: a generator with ``flow_models`` (mini TRELLIS or the TRELLIS adapter).
-        adapter_dir: a folder written by ``debias3d finetune`` (peft format).
-        merge: fold ``W + (alpha/r)·B·A`` into the base weights (no LoRA overhead when sampling);
-            ``False`` keeps separate LoRA layers.
-
-    Returns:
-        the same ``generator`` (its flow modules now carry the adapter), with
-        ``metadata["adapter"] = str(adapter_dir)``.
-    """
-    from peft import LoraConfig, PeftModel
-
-    from .sparse_lora import register_sparse_lora
-
-    d = check_adapter_dir(adapter_dir)
-    container = flow_container(generator)
-    # the SparseLinear → SparseLoraLinear mapping is not in adapter_config.json: register it again
-    config = register_sparse_lora(LoraConfig.from_pretrained(str(d)), container)
-    peft_model = PeftModel.from_pretrained(container, str(d), is_trainable=False, config=config)
-    if merge:
-        peft_model.merge_and_unload()
-    peft_model.eval()
-    meta = getattr(generator, "metadata", None)
-    if isinstance(meta, dict):
-        meta["adapter"] = str(d)
-    if isinstance(generator, GeneratorBase):  # merge_adapter folds an unmerged one in later
-        generator._unmerged_adapter = None if merge else peft_model
-    logger.info("applied LoRA adapter %s (%s)", d, "merged" if merge else "unmerged")
-    return generator
-
-
-def merge_adapter(generator: Any, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Merge an adapter into ``generator`` and write the merged weights as safetensors
-    (:meth:`~debias3d.models.generator.GeneratorBase.merge_adapter`)."""
-    return generator.load_adapter(adapter_dir, merge=True).merge_adapter(out_dir)
-
-
-def load_generator(name: str, path: str | None = None, device: str = "cpu") -> Any:
-    """Build a generator backend by registry name (``mini-trellis`` / ``trellis``) from ``path``."""
-    return build_generator(GeneratorSpec(name, path, device))

@@ -402,10 +402,11 @@ def _finetune(
     from transformers import get_scheduler
 
     from debias3d.config import dump_config
+    from debias3d.models.generator import GeneratorSpec, build_generator
     from debias3d.progress import tqdm
 
     from .data import DataError, check_dataset
-    from .lora import add_lora, flow_container, load_generator, write_adapter_info
+    from .lora import add_lora, flow_container, write_adapter_info
 
     tc = cfg.train
     out = Path(out_dir)
@@ -442,7 +443,9 @@ def _finetune(
     else:
         check_dataset(cfg.data.pairs, "pairs")  # before the (slow) generator load
     if generator is None:
-        generator = load_generator(cfg.generator, cfg.generator_weights, device=str(accelerator.device))
+        generator = build_generator(
+            GeneratorSpec(cfg.generator, cfg.generator_weights, str(accelerator.device))
+        )
     flows = generator.flow_models
     if trellis:
         # ss_latents/ + latents/ .npz files joined with the metadata captions (trellis_latents.py)

@@ -41,6 +41,7 @@ __all__ = [
     "GeneratorSpec",
     "build_generator",
     "check_adapter_dir",
+    "flow_container",
     "read_adapter_info",
     "write_adapter_info",
 ]
@@ -168,11 +169,24 @@ class GeneratorBase(ABC):
                 sampling); ``False`` keeps separate LoRA layers.
 
         Returns:
-            ``self``, its flow models now carrying the adapter.
+            ``self``, its flow models now carrying the adapter, with ``metadata["adapter"] = str(path)``.
         """
-        from debias3d.finetune.lora import apply_adapter
+        from peft import LoraConfig, PeftModel
 
-        return apply_adapter(self, path, merge=merge)
+        from debias3d.models.sparse_lora import register_sparse_lora
+
+        d = check_adapter_dir(path)
+        container = flow_container(self)
+        # the SparseLinear → SparseLoraLinear mapping is not in adapter_config.json: register it again
+        config = register_sparse_lora(LoraConfig.from_pretrained(str(d)), container)
+        peft_model = PeftModel.from_pretrained(container, str(d), is_trainable=False, config=config)
+        if merge:
+            peft_model.merge_and_unload()
+        peft_model.eval()
+        self.metadata["adapter"] = str(d)
+        self._unmerged_adapter = None if merge else peft_model  # merge_adapter folds it in later
+        logger.info("applied LoRA adapter %s (%s)", d, "merged" if merge else "unmerged")
+        return self
 
     def merge_adapter(self, out_dir: str | os.PathLike) -> Path:
         """Write the weights with the loaded adapter folded in, as a ``from_pretrained`` folder.
@@ -208,6 +222,16 @@ class GeneratorBase(ABC):
             state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
             save_file(state, str(out / f"{key}.safetensors"), metadata={"format": "pt"})
         return out
+
+
+def flow_container(generator: Any) -> nn.ModuleDict:
+    """``nn.ModuleDict`` of ``generator.flow_models`` (the same module objects, not copies)."""
+    from torch import nn
+
+    models = getattr(generator, "flow_models", None)
+    if not isinstance(models, dict) or not models:
+        raise TypeError(f"{type(generator).__name__} has no flow_models dict to fine-tune")
+    return nn.ModuleDict(dict(models))
 
 
 def write_adapter_info(adapter_dir: str | os.PathLike, info: dict[str, Any]) -> Path:

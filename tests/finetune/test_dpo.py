@@ -114,7 +114,7 @@ def test_config_rejects_bad_objective_and_dpo_without_adapter():
 
 
 def test_dpo_step_loss_log2_changes_lora_and_reloads(tmp_path, tiny_world, tiny_gen_loader):
-    from debias3d.finetune.lora import apply_adapter, lora_parameters
+    from debias3d.finetune.lora import lora_parameters
     from debias3d.finetune.trainer import LOG_NAME, finetune
     from debias3d.models.persistence import read_jsonl
 
@@ -146,7 +146,7 @@ def test_dpo_step_loss_log2_changes_lora_and_reloads(tmp_path, tiny_world, tiny_
     assert changed and len(changed) == sum("lora_B" in k for k in after)
     trained = _outputs(gen)
     assert not torch.allclose(trained, base_out)
-    reloaded = apply_adapter(tiny_gen_loader(), tmp_path / "ft", merge=False)
+    reloaded = tiny_gen_loader().load_adapter(tmp_path / "ft", merge=False)
     torch.testing.assert_close(_outputs(reloaded), trained, rtol=0, atol=0)
 
 

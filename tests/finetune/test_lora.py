@@ -8,10 +8,8 @@ from torch import nn
 
 from debias3d.finetune.config import DataSettings, FinetuneConfig, LoraSettings, TrainSettings
 from debias3d.finetune.lora import (
-    apply_adapter,
     flow_container,
     lora_parameters,
-    merge_adapter,
     resolve_targets,
     target_regex,
 )
@@ -126,14 +124,14 @@ def test_adapter_reloads_and_merges_to_identical_outputs(tiny_world, tiny_gen_lo
         if name not in lora_names:
             assert not p.requires_grad, name
 
-    reloaded = apply_adapter(tiny_gen_loader(), tmp_path / "ft", merge=False)
+    reloaded = tiny_gen_loader().load_adapter(tmp_path / "ft", merge=False)
     for a, b in zip(_outputs(reloaded), trained_out, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    merged = apply_adapter(tiny_gen_loader(), tmp_path / "ft", merge=True)
+    merged = tiny_gen_loader().load_adapter(tmp_path / "ft", merge=True)
     for a, b in zip(_outputs(merged), trained_out, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
-    merged_dir = merge_adapter(tiny_gen_loader(), tmp_path / "ft", tmp_path / "merged")
+    merged_dir = tiny_gen_loader().load_adapter(tmp_path / "ft").merge_adapter(tmp_path / "merged")
     from_disk = MiniTrellisGenerator.from_pretrained(merged_dir, text_encoder=base_gen.text_encoder)
     for a, b in zip(_outputs(from_disk), trained_out, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -142,6 +140,6 @@ def test_adapter_reloads_and_merges_to_identical_outputs(tiny_world, tiny_gen_lo
         assert torch.equal(v, base_state[k]), k
 
 
-def test_apply_adapter_rejects_non_adapter_folder(tiny_gen_loader, tmp_path):
+def test_load_adapter_rejects_non_adapter_folder(tiny_gen_loader, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a LoRA adapter folder"):
-        apply_adapter(tiny_gen_loader(), tmp_path)
+        tiny_gen_loader().load_adapter(tmp_path)

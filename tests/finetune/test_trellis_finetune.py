@@ -1,6 +1,6 @@
 """``generator: trellis`` fine-tuning glue, against a fake ``trellis`` package (tests/finetune/fake_trellis.py):
 latent loader (skips and counts), LoRA targets (SparseLinear refused), a few in-process steps through
-the real entry (``load_generator`` → ``TrellisGenerator``), base bit-identical, adapter reload."""
+the real entry (``build_generator`` → ``TrellisGenerator``), base bit-identical, adapter reload."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ def fake_trellis(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ft.build_fake_trellis(tmp_path / "fake_src")))
     yield ft.write_weights(tmp_path / "weights")
     ft.drop_trellis_modules()
+
+
+def _trellis(folder):
+    """The TRELLIS backend on CPU, built as every stage builds it."""
+    from debias3d.models.generator import GeneratorSpec, build_generator
+
+    return build_generator(GeneratorSpec("trellis", str(folder), "cpu"))
 
 
 def _cfg(tmp_path, weights, latents, **train) -> FinetuneConfig:
@@ -46,13 +53,12 @@ def _cfg(tmp_path, weights, latents, **train) -> FinetuneConfig:
 
 
 def test_latent_set_skips_and_counts(fake_trellis, tmp_path):
-    from debias3d.finetune.lora import load_generator
     from debias3d.finetune.trellis_latents import build_trellis_latent_set
 
     lat = ft.write_latents(
         tmp_path / "lat", n=6, broken={1: "missing_ss", 2: "garbage_slat", 3: "bad_shape", 4: "no_captions"}
     )
-    flows = load_generator("trellis", str(fake_trellis)).flow_models
+    flows = _trellis(fake_trellis).flow_models
     ts = build_trellis_latent_set(DataSettings(latents=str(lat)), ("stage1", "stage2"), flows)
     assert len(ts) == 2 and ts.sha256 == [f"{0:064x}", f"{5:064x}"]
     assert ts.stats["skipped"] == {
@@ -74,9 +80,9 @@ def test_latent_set_skips_and_counts(fake_trellis, tmp_path):
 
 
 def test_targets_attention_and_sparse_mlps(fake_trellis):
-    from debias3d.finetune.lora import flow_container, load_generator, resolve_targets
+    from debias3d.finetune.lora import flow_container, resolve_targets
 
-    box = flow_container(load_generator("trellis", str(fake_trellis)))
+    box = flow_container(_trellis(fake_trellis))
     names = resolve_targets(box, ("stage1", "stage2"), LoraSettings().target_modules)
     assert len(names) == 10 and all(
         n.rsplit(".", 1)[-1] in {"to_qkv", "to_q", "to_kv", "to_out"} for n in names
@@ -107,7 +113,7 @@ def _outputs(flows) -> list[torch.Tensor]:
 def test_trellis_finetune_glue(fake_trellis, tmp_path):
     from accelerate.utils import set_seed
 
-    from debias3d.finetune.lora import add_lora, apply_adapter, load_generator, lora_parameters
+    from debias3d.finetune.lora import add_lora, lora_parameters
     from debias3d.finetune.trainer import finetune
 
     lat = ft.write_latents(tmp_path / "lat", n=5, broken={4: "garbage_slat"})
@@ -121,14 +127,14 @@ def test_trellis_finetune_glue(fake_trellis, tmp_path):
 
     # the same initial adapter as the run (same seed, same order of RNG use)
     set_seed(cfg.train.seed)
-    init = add_lora(load_generator("trellis", str(fake_trellis)), cfg.lora)
+    init = add_lora(_trellis(fake_trellis), cfg.lora)
     before = {k: v.detach().clone() for k, v in lora_parameters(init).items()}
     after = lora_parameters(res.model)
     assert set(before) == set(after) and len(after) == 20
     unchanged = [k for k in after if torch.equal(before[k], after[k].detach().cpu())]
     assert not unchanged, unchanged
 
-    fresh = load_generator("trellis", str(fake_trellis))
+    fresh = _trellis(fake_trellis)
     base = {f"{s}.{n}": p for s, m in fresh.flow_models.items() for n, p in m.named_parameters()}
     trained = {
         n.replace(".base_layer", ""): p
@@ -141,7 +147,7 @@ def test_trellis_finetune_glue(fake_trellis, tmp_path):
     res.model.eval()
     want = _outputs(res.model.get_base_model())
     assert not all(torch.equal(a, b) for a, b in zip(want, _outputs(fresh.flow_models), strict=True))
-    apply_adapter(fresh, out, merge=False)
+    fresh.load_adapter(out, merge=False)
     got = _outputs(fresh.flow_models)
     assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
 

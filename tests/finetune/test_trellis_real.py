@@ -75,7 +75,7 @@ def test_lora_targets_include_sparse_mlps(base_dir):
     from peft.tuners.lora import Linear as LoraLinear
 
     from debias3d.finetune.lora import add_lora, flow_container, resolve_targets
-    from debias3d.finetune.sparse_lora import SparseLoraLinear
+    from debias3d.models.sparse_lora import SparseLoraLinear
 
     gen = _gen(base_dir)
     box = flow_container(gen)
@@ -165,7 +165,7 @@ def test_train_fp16_blocks_save_reload_merge_trellis_format(base_dir, tmp_path):
 
     from accelerate.utils import set_seed
 
-    from debias3d.finetune.lora import add_lora, apply_adapter, lora_parameters, merge_adapter
+    from debias3d.finetune.lora import add_lora, lora_parameters
     from debias3d.finetune.trainer import finetune
 
     lat = ft.write_latents(tmp_path / "lat", n=4, ss_res=8)
@@ -197,11 +197,11 @@ def test_train_fp16_blocks_save_reload_merge_trellis_format(base_dir, tmp_path):
     want = _outputs(res.model.get_base_model())
     fresh = _gen(base_dir)
     assert not all(torch.equal(a, b) for a, b in zip(want, _outputs(fresh.flow_models), strict=True))
-    apply_adapter(fresh, tmp_path / "ft", merge=False)
+    fresh.load_adapter(tmp_path / "ft", merge=False)
     for a, b in zip(want, _outputs(fresh.flow_models), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
-    merged = merge_adapter(_gen(base_dir), tmp_path / "ft", tmp_path / "merged")
+    merged = _gen(base_dir).load_adapter(tmp_path / "ft").merge_adapter(tmp_path / "merged")
     pipe = json.loads((merged / "pipeline.json").read_text())["args"]
     assert pipe["models"] == {
         "sparse_structure_flow_model": "ckpts/ss_flow_tiny_fp16",

@@ -9,7 +9,8 @@ documents for layer types it does not know) swaps in :class:`SparseLoraLinear` i
 weight is an ordinary ``(out, in)`` matrix), with the low-rank update applied to ``x.feats``.
 
 The mapping is not stored in ``adapter_config.json``, so every place that builds or reloads an
-adapter registers it (:func:`register_sparse_lora`); :mod:`debias3d.finetune.lora` does that.
+adapter registers it (:func:`register_sparse_lora`): :mod:`debias3d.finetune.lora` when it adds one,
+:meth:`debias3d.models.generator.GeneratorBase.load_adapter` when it reloads one.
 """
 
 from __future__ import annotations
