@@ -227,10 +227,8 @@ def evaluate_model(
         words = pd.DataFrame(columns=["word", "kind", "n", "fidelity"])
         fsum: dict[str, Any] = {}
         if gt:
-            from debias3d.data.shapeworld.grammar import Prompt as SWPrompt
-
             sub_assets = [assets[i * D + d] for i in gt for d in range(D)]
-            recs = [SWPrompt(prompts[i].text, prompts[i].category, spec=prompts[i].spec) for i in gt]
+            recs = [prompts[i] for i in gt]
             meta = dict(getattr(generator, "metadata", {}) or {})
             fdir = Path(out_dir) / name / "fidelity" if out_dir is not None else None
             fres = run_fidelity(_Replay(sub_assets, meta), recs, D=D, out_dir=fdir, seed=cfg.seed,
