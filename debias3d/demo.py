@@ -39,8 +39,8 @@ from typing import Any
 
 from debias3d.augment.config import AugmentConfig
 from debias3d.bias_audit.config import AuditConfig
+from debias3d.demo_mitigations import MitigationSettings
 from debias3d.eval.config import EvalConfig
-from debias3d.eval.mitigations import MitigationSettings
 from debias3d.finetune.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,12 @@ class _Stages:
 
     def __init__(self) -> None:
         self.t: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def total(self) -> float:
+        """Record and return the wall time since the run started (``t["total"]``)."""
+        self.t["total"] = time.perf_counter() - self.t0
+        return self.t["total"]
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -211,6 +217,40 @@ def _load_models(ev_cfg: EvalConfig, evaluator: Any, ranker: Any) -> tuple[Any, 
     return evaluator, ranker, te, _fresh_generator(ev_cfg, te)
 
 
+def _start(cfg: DemoConfig, out: str | os.PathLike) -> tuple[Path, _Stages]:
+    """Create ``out``, write the config into it and set torch's threads; the run's clock starts."""
+    import torch
+
+    from debias3d.config import dump_config
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "demo_config.yaml")
+    torch.set_num_threads(cfg.num_threads)
+    return out, _Stages()
+
+
+def _replay_corpus(cfg: DemoConfig, out: Path) -> Path | None:
+    """The corpus rows fine-tuning replays (``out/corpus``, written once); None when it replays none."""
+    if not (cfg.replay_corpus and cfg.finetune.data.corpus is None and cfg.finetune.data.replay_share > 0):
+        return None
+    from debias3d.data.shapeworld.corpus import CorpusConfig, write_corpus
+
+    corpus = out / "corpus"
+    if not (corpus / "dataset_info.json").is_file():
+        write_corpus(CorpusConfig(n=cfg.replay_corpus, seed=cfg.corpus_seed), corpus)
+    return corpus
+
+
+def _write_summary(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write ``summary`` as JSON (numpy values made plain, NaN as null); returns what was written."""
+    from debias3d.eval.summary import _jsonable
+
+    summary = _jsonable(summary)
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    return summary
+
+
 def _base_weights(cfg: DemoConfig) -> Any:
     """The base generator's weights: the first of eval's, audit's and finetune's settings."""
     return cfg.eval.generator_weights or cfg.audit.generator_weights or cfg.finetune.generator_weights
@@ -241,9 +281,7 @@ def run_demo(
     Returns:
         The demo summary (also ``out/summary.json``).
     """
-    import torch
-
-    from debias3d.config import dump_config, load_config, to_dict
+    from debias3d.config import load_config, to_dict
 
     if not isinstance(config, DemoConfig):
         path = config if config is not None else default_config_path(quick)
@@ -251,12 +289,7 @@ def run_demo(
     elif overrides:
         raise ValueError("overrides need a config file or None, not a DemoConfig object")
     cfg = config
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "demo_config.yaml")
-    torch.set_num_threads(cfg.num_threads)
-    stages = _Stages()
-    t_start = time.perf_counter()
+    out, stages = _start(cfg, out)
 
     from debias3d.bias_audit.pipeline import run_audit
     from debias3d.demo_ablations import (
@@ -306,15 +339,9 @@ def run_demo(
         logger.info("demo: ablation pair budget = %d (min over %s)", budget, counts)
 
     # 3. finetune ---------------------------------------------------------------------------
-    corpus = None
     adapters: dict[str, Path] = {}
     with stages("finetune"):
-        if cfg.replay_corpus and cfg.finetune.data.corpus is None and cfg.finetune.data.replay_share > 0:
-            from debias3d.data.shapeworld.corpus import CorpusConfig, write_corpus
-
-            corpus = out / "corpus"
-            if not (corpus / "dataset_info.json").is_file():
-                write_corpus(CorpusConfig(n=cfg.replay_corpus, seed=cfg.corpus_seed), corpus)
+        corpus = _replay_corpus(cfg, out)
         ft_cfg = dataclasses.replace(cfg.finetune, generator_weights=base_weights)
         for s in strategies:
             if counts[s] == 0:
@@ -363,7 +390,7 @@ def run_demo(
             thumbs = _thumbnails({"base": base_gen, "finetuned": ft_gens["both"]}, texts, ev_cfg.seed,
                                  cfg.thumbnail_samples, cfg.thumbnail_size, out / "thumbs")  # fmt: skip
 
-    stages.t["total"] = time.perf_counter() - t_start
+    stages.total()
     summary = {
         "quick": quick,
         "ablations": ablations,
@@ -403,10 +430,7 @@ def run_demo(
         },  # fmt: skip
         "timings_s": {k: round(v, 1) for k, v in stages.t.items()},
     }
-    from debias3d.eval.pipeline import _jsonable
-
-    summary = _jsonable(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    summary = _write_summary(out / "summary.json", summary)
     (out / "timings.json").write_text(json.dumps(summary["timings_s"], indent=2) + "\n")
     from debias3d.eval.report import write_demo_report
 
@@ -437,9 +461,9 @@ def demo_command(
         FileNotFoundError: shipped weights missing (the message names the folder).
     """
     if mitigations:
-        # base / SFT / DPO / refocusing / SFT + refocusing from one audit (eval/mitigations.py)
+        # base / SFT / DPO / refocusing / SFT + refocusing from one audit (demo_mitigations.py)
         from debias3d.config import load_config
-        from debias3d.eval.mitigations import run_mitigations
+        from debias3d.demo_mitigations import run_mitigations
 
         path = config if config is not None else default_config_path(quick)
         return run_mitigations(out, load_config(DemoConfig, path, list(overrides or [])))

@@ -28,11 +28,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import json
 import logging
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,11 +270,16 @@ def run_mitigations(
     Returns:
         The summary (also ``OUT/mitigations.json``).
     """
-    import torch
-
     from debias3d.bias_audit.pipeline import run_audit
-    from debias3d.config import dump_config
-    from debias3d.demo import _audit_prompts, _base_weights, _fresh_generator, _load_models, _Stages
+    from debias3d.demo import (
+        _audit_prompts,
+        _base_weights,
+        _fresh_generator,
+        _load_models,
+        _replay_corpus,
+        _start,
+        _write_summary,
+    )
     from debias3d.demo_ablations import augment_strategy, finetune_strategy, pair_count
     from debias3d.eval.pipeline import (
         evaluate_model,
@@ -287,12 +290,7 @@ def run_mitigations(
     from debias3d.models.refocus import RefocusConfig, RefocusedGenerator
 
     ms: MitigationSettings = cfg.mitigations
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "demo_config.yaml")
-    torch.set_num_threads(cfg.num_threads)
-    stages = _Stages()
-    t_start = time.perf_counter()
+    out, stages = _start(cfg, out)
     ev_cfg = dataclasses.replace(cfg.eval, report=False)
     with stages("load models"):
         evaluator, ranker, te, base_gen = _load_models(ev_cfg, evaluator, ranker)
@@ -312,14 +310,8 @@ def run_mitigations(
         raise ValueError(f"augment wrote no winning pair in {pairs}; nothing to fine-tune")
     logger.info("mitigations: pair budget %d (winning pairs; %d duel rows with losers)", budget, n_rows)
 
-    corpus = None
     with stages("finetune"):
-        if cfg.replay_corpus and cfg.finetune.data.corpus is None and cfg.finetune.data.replay_share > 0:
-            from debias3d.data.shapeworld.corpus import CorpusConfig, write_corpus
-
-            corpus = out / "corpus"
-            if not (corpus / "dataset_info.json").is_file():
-                write_corpus(CorpusConfig(n=cfg.replay_corpus, seed=cfg.corpus_seed), corpus)
+        corpus = _replay_corpus(cfg, out)
         sft_cfg = dataclasses.replace(cfg.finetune, generator_weights=base_weights, objective="sft")
         sft_dir = finetune_strategy(
             sft_cfg, pairs, out / "finetune_sft", budget, corpus, _fresh_generator(ev_cfg, te)
@@ -354,7 +346,7 @@ def run_mitigations(
     table = mitigation_table(runs, neglected, rest, n_boot=ev_cfg.bootstrap, ci=ev_cfg.ci)
     table.to_csv(out / "mitigations.csv", index=False)
     plot = plot_table(table, out / "mitigations.png")
-    stages.t["total"] = time.perf_counter() - t_start
+    stages.total()
     refocused_prompts = len(models["refocus"].targets([p.text for p in eval_prompts]))
     summary = {
         "pair_budget": budget,
@@ -374,10 +366,7 @@ def run_mitigations(
         "goal_met": goal_met(table),
         "timings_s": {k: round(v, 1) for k, v in stages.t.items()},
     }
-    from debias3d.eval.pipeline import _jsonable
-
-    summary = _jsonable(summary)
-    (out / "mitigations.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    summary = _write_summary(out / "mitigations.json", summary)
     write_report(out, table, summary, plot)
     logger.info("mitigations:\n%s", table_markdown(table))
     logger.info("mitigations finished in %.1f s; report: %s", stages.t["total"], out / "mitigations.html")

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "eval": 5,
     "demo": 6,
     "demo_ablations": 6,
+    "demo_mitigations": 6,
     "cli": 7,
     "__main__": 7,
 }

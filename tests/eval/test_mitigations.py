@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from debias3d.eval.mitigations import MitigationSettings, goal_met, mitigation_table
+from debias3d.demo_mitigations import MitigationSettings, goal_met, mitigation_table
 
 
 class _Run:
@@ -52,7 +52,7 @@ def test_mitigations_end_to_end(tmp_path, tiny_models):
 
     from debias3d.config import load_config
     from debias3d.demo import DemoConfig
-    from debias3d.eval.mitigations import run_mitigations
+    from debias3d.demo_mitigations import run_mitigations
 
     cfg = load_config(
         DemoConfig,
