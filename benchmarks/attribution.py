@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import write_json
 
 logger = logging.getLogger("benchmarks.attribution")
 
@@ -247,9 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out["audit"]["wall_s"],
             out["audit"]["stages_s"],
         )
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     return out
 
 

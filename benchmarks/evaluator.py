@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import statistics
 import sys
 import time
+
+from _common import peak_rss_mb
 
 logger = logging.getLogger("benchmarks.evaluator")
 
@@ -28,10 +29,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true", help="skip the shipped weights (same cost)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
             out.append(time.perf_counter() - t)
         return out
 
-    rss0 = _peak_rss_mb()
+    rss0 = peak_rss_mb()
     fwd = timed(forward)
     fb = timed(forward_backward)
     from torch.profiler import ProfilerActivity, profile
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         "forward_backward_s_median": round(statistics.median(fb), 4),
         "forward_s_all": [round(x, 4) for x in fwd],
         "forward_backward_s_all": [round(x, 4) for x in fb],
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "rss_before_timing_mb": round(rss0, 1),
         "profiler_max_op_alloc_mb": round(peak_alloc, 2),
         "torch": torch.__version__,

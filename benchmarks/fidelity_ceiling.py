@@ -14,13 +14,13 @@ Three figures per word and per category, on the same measurer as ``debias3d worl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from _common import write_json
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -123,9 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{out['evaluation_prompts']['categories'].get(c, float('nan')):12.3f}")  # fmt: skip
     print(f"{'all':12s} {out['ground_truth']['fidelity']:12.3f} {out['training_prompts']['fidelity']:13.3f} "
           f"{out['evaluation_prompts']['fidelity']:12.3f}")  # fmt: skip
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     return out
 
 

@@ -17,11 +17,10 @@ import argparse
 import json
 import logging
 import os
-import platform
-import resource
-import sys
 import time
 from pathlib import Path
+
+from _common import machine, peak_rss_mb, write_json
 
 logger = logging.getLogger("benchmarks.generate")
 
@@ -39,12 +38,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p
-
-
-def _peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux, bytes on macOS
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -92,10 +85,7 @@ def main(args: argparse.Namespace) -> dict:
         for (i, k), a in zip(items, naive, strict=True)
     )
     res = {
-        "device": args.device,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
+        **machine(args.device),
         "prompts": len(prompts),
         "samples": d,
         "steps": {
@@ -110,15 +100,13 @@ def main(args: argparse.Namespace) -> dict:
         "naive_shapes_per_s": round(len(naive) / t_naive, 3),
         "speedup": round((len(batched) / t_batched) / (len(naive) / t_naive), 2),
         "same_occupancy": bool(same),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     if args.device.startswith("cuda"):
         res["cuda_peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         res["gpu"] = torch.cuda.get_device_name()
     logger.info(json.dumps(res, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+    write_json(args.json, res)
     return res
 
 

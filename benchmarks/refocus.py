@@ -21,10 +21,11 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
+
+from _common import machine, write_json
 
 logger = logging.getLogger("benchmarks.refocus")
 
@@ -120,10 +121,7 @@ def main(args: argparse.Namespace) -> dict:
         not np.array_equal(a.voxels.occupancy, b.voxels.occupancy) for a, b in zip(plain, both, strict=True)
     )
     res = {
-        "device": args.device,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
+        **machine(args.device),
         "prompts": len(prompts),
         "samples": args.samples,
         "factor": args.factor,
@@ -141,9 +139,7 @@ def main(args: argparse.Namespace) -> dict:
         "shapes_with_changed_occupancy": f"{changed}/{len(plain)}",
     }
     logger.info(json.dumps(res, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+    write_json(args.json, res)
     return res
 
 

@@ -13,10 +13,10 @@ shapes. The baseline is fp32 eager, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
+
+from _common import write_json
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{stage} (batch {batch}):")
         for k, v in med.items():
             print(f"  {k:15s} {v * 1000:7.1f} ms/step  {med['fp32'] / v:5.2f}x fp32")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     return results
 
 

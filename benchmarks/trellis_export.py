@@ -15,10 +15,11 @@ the exports only:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
+
+from _common import write_json
 
 PROMPTS = [
     "a red ceramic vase with a narrow neck",
@@ -111,9 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"per asset: sampling {smp_mean:.2f}s, vertex colours {vc_mean:.2f}s, to_glb {tx_mean:.2f}s "
         f"(export {result['speedup_export']:.1f}x faster; sample+export {result['speedup_audit_asset']:.2f}x)"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return result
 
 
