@@ -6,6 +6,7 @@ import it as ``_common``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,39 @@ import resource
 import sys
 from pathlib import Path
 from typing import Any
+
+
+def sampling_parser(doc: str | None, prompts: int) -> argparse.ArgumentParser:
+    """The options of every mini-TRELLIS sampling benchmark (``--prompts`` ... ``--json``); a script adds its own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts", type=int, default=prompts, help="number of ShapeWorld prompts P")
+    p.add_argument("--samples", type=int, default=4, help="samples per prompt D")
+    p.add_argument("--weights", type=Path, default=None, help="mini-TRELLIS weights (default: shipped)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    return p
+
+
+def mini_trellis(args: argparse.Namespace) -> tuple[Any, list[str], Any]:
+    """``(generator, prompts, sync)`` for a :func:`sampling_parser` run: mini TRELLIS on ``args.device``
+    (torch threads set), ``args.prompts`` ShapeWorld prompt texts, and a ``sync()`` that waits for CUDA."""
+    import torch
+
+    from debias3d.data.shapeworld.grammar import sample_prompts
+    from debias3d.models.backbone.generator import MiniTrellisGenerator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gen = MiniTrellisGenerator.from_pretrained(args.weights, device=args.device)
+    prompts = [p.text for p in sample_prompts(args.prompts, rng=args.seed)]
+
+    def sync() -> None:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return gen, prompts, sync
 
 
 def machine(device: str = "cpu") -> dict[str, Any]:

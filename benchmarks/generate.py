@@ -18,25 +18,17 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 
-from _common import machine, peak_rss_mb, write_json
+from _common import machine, mini_trellis, peak_rss_mb, sampling_parser, write_json
 
 logger = logging.getLogger("benchmarks.generate")
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", type=int, default=32, help="number of ShapeWorld prompts P")
-    p.add_argument("--samples", type=int, default=4, help="samples per prompt D")
+    p = sampling_parser(__doc__, prompts=32)
     p.add_argument("--batch-size", type=int, default=128, help="items per batch in the batched run")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model config)")
-    p.add_argument("--weights", type=Path, default=None, help="mini-TRELLIS weights (default: shipped)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--naive-limit", type=int, default=0, help="time only this many naive items (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p
 
 
@@ -44,21 +36,10 @@ def main(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from debias3d.data.shapeworld.grammar import sample_prompts
-    from debias3d.models.backbone.generator import MiniTrellisGenerator
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    gen = MiniTrellisGenerator.from_pretrained(args.weights, device=args.device)
-    prompts = [p.text for p in sample_prompts(args.prompts, rng=args.seed)]
+    gen, prompts, sync = mini_trellis(args)
     d = args.samples
     kw = {"steps": args.steps} if args.steps else {}
     gen.generate(prompts[:1], seeds=[0], num_samples=1, **kw)  # warm-up
-
-    def sync():
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     enc = gen.text_encoder
     enc._cache.clear()
     sync()

@@ -23,9 +23,8 @@ import logging
 import os
 import statistics
 import time
-from pathlib import Path
 
-from _common import machine, write_json
+from _common import machine, mini_trellis, sampling_parser, write_json
 
 logger = logging.getLogger("benchmarks.refocus")
 
@@ -33,16 +32,9 @@ _SKIP = {"a", "an", "the", "with", "and", "on", "of", "in", "to", "its", "next",
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", type=int, default=16, help="number of ShapeWorld prompts P")
-    p.add_argument("--samples", type=int, default=4, help="samples per prompt D")
+    p = sampling_parser(__doc__, prompts=16)
     p.add_argument("--repeats", type=int, default=3, help="alternating plain / refocused rounds")
     p.add_argument("--factor", type=float, default=2.0, help="refocus factor")
-    p.add_argument("--weights", type=Path, default=None, help="mini-TRELLIS weights (default: shipped)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p
 
 
@@ -50,24 +42,15 @@ def main(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from debias3d.data.shapeworld.grammar import sample_prompts
-    from debias3d.models.backbone.generator import MiniTrellisGenerator
     from debias3d.models.refocus import Refocuser
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    gen = MiniTrellisGenerator.from_pretrained(args.weights, device=args.device)
-    prompts = [p.text for p in sample_prompts(args.prompts, rng=args.seed)]
+    gen, prompts, sync = mini_trellis(args)
     targets = {}
     for p in prompts:
         word = next(w for w in p.split() if w.lower() not in _SKIP and w.isalpha())
         targets[p] = {word: args.factor}
     seeds = [args.seed] * len(prompts)
     gen.generate(prompts[:2], seeds=seeds[:2], num_samples=1)  # warm-up (and text encoding)
-
-    def sync():
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
 
     calls: dict[str, int] = {}
     from debias3d.models.backbone.generator import _norm

@@ -45,7 +45,40 @@ __all__ = [
     "apply_overrides",
     "dump_config",
     "describe",
+    "check_bounds",
 ]
+
+
+def check_bounds(
+    cfg: Any, at_least: Iterable[str] = (), at_most: Mapping[str, float] | None = None, lower: float = 1
+) -> None:
+    """Reject a config whose named fields lie outside their bounds (``None`` values pass).
+
+    Args:
+        cfg: the dataclass being checked (its class names the field in the message).
+        at_least: fields that must be ``>= lower``.
+        at_most: field -> upper bound; a typo like ``samples=100000000`` must not grow memory
+            or time without end.
+        lower: the lower bound of the ``at_least`` fields.
+
+    Raises:
+        ValueError: ``"<Class>.<field> must be >= 1, got 0"`` (or ``<= upper``), for the first field out.
+
+    >>> from debias3d.data.shapeworld.corpus import CorpusConfig
+    >>> check_bounds(CorpusConfig(n=5), at_most={"n": 4})
+    Traceback (most recent call last):
+    ...
+    ValueError: CorpusConfig.n must be <= 4, got 5
+    """
+    owner = type(cfg).__name__
+    for name in at_least:
+        value = getattr(cfg, name)
+        if value is not None and value < lower:
+            raise ValueError(f"{owner}.{name} must be >= {lower}, got {value}")
+    for name, upper in (at_most or {}).items():
+        value = getattr(cfg, name)
+        if value is not None and value > upper:
+            raise ValueError(f"{owner}.{name} must be <= {upper}, got {value}")
 
 
 class ConfigError(ValueError):

@@ -39,6 +39,7 @@ from typing import Any
 
 from debias3d.augment.config import AugmentConfig
 from debias3d.bias_audit.config import AuditConfig
+from debias3d.config import check_bounds
 from debias3d.demo_mitigations import MitigationSettings
 from debias3d.eval.config import EvalConfig
 from debias3d.finetune.config import FinetuneConfig
@@ -79,9 +80,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         self.ablation_strategies = tuple(self.ablation_strategies)
-        for name in ("prompts_per_category", "thumbnail_samples", "num_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
+        check_bounds(self, ("prompts_per_category", "thumbnail_samples", "num_threads"))
         if self.replay_corpus < 0 or self.heatmap_prompts < 0:
             raise ValueError("DemoConfig.replay_corpus and DemoConfig.heatmap_prompts must be >= 0")
         if self.thumbnail_size < 16:

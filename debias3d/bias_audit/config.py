@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from debias3d.config import check_bounds
+
 __all__ = ["AuditConfig", "AttributionConfig", "ProbeConfig", "ViewContradictionConfig", "DIMENSIONS"]
 
 DIMENSIONS: tuple[str, ...] = ("alignment", "geometry", "texture", "overall")
@@ -139,18 +141,11 @@ class AttributionConfig:
             raise ValueError(f"AttributionConfig.aggregate must be sum or mean, got {self.aggregate!r}")
         if self.baseline not in ("pad", "zeros"):
             raise ValueError(f"AttributionConfig.baseline must be pad or zeros, got {self.baseline!r}")
-        for name in ("n_steps", "batch_size", "internal_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"AttributionConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name, upper in (
-            ("n_steps", 1024),
-            ("batch_size", 4096),
-            ("internal_batch_size", 65536),
-            ("deletion_k", 100),
-        ):
-            value = getattr(self, name)
-            if value is not None and value > upper:
-                raise ValueError(f"AttributionConfig.{name} must be <= {upper}, got {value}")
+        check_bounds(
+            self,
+            ("n_steps", "batch_size", "internal_batch_size"),
+            {"n_steps": 1024, "batch_size": 4096, "internal_batch_size": 65536, "deletion_k": 100},
+        )
         if self.deletion_k < 0:
             raise ValueError(f"AttributionConfig.deletion_k must be >= 0, got {self.deletion_k}")
         if self.stop_words is not None:
@@ -258,18 +253,8 @@ class AuditConfig:
             raise ValueError(f"AuditConfig.ground_truth_k must be >= 1, got {self.ground_truth_k}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"AuditConfig.steps must be >= 1, got {self.steps}")
-        # upper bounds: a typo like samples=100000000 must not grow memory until the machine stops
-        for name, upper in (
-            ("samples", MAX_SAMPLES),
-            ("generate_batch_size", 4096),
-            ("ground_truth_k", 1000),
-            ("steps", 10_000),
-            ("max_tokens", 100_000),
-            ("num_threads", 1024),
-        ):
-            value = getattr(self, name)
-            if value is not None and value > upper:
-                raise ValueError(f"AuditConfig.{name} must be <= {upper}, got {value}")
+        check_bounds(self, at_most={"samples": MAX_SAMPLES, "generate_batch_size": 4096, "ground_truth_k": 1000,
+                                    "steps": 10_000, "max_tokens": 100_000, "num_threads": 1024})  # fmt: skip
         if not 0 <= self.seed <= MAX_SEED:
             # sample d uses seed + d, and torch / numpy seeds must fit in 64 bits
             raise ValueError(f"AuditConfig.seed must be in [0, {MAX_SEED}], got {self.seed}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from debias3d.config import check_bounds
 from debias3d.models.ranker.t3bench import T3BenchConfig
 
 __all__ = ["EvalConfig", "EvalTargets", "T3BENCH_GROUPS", "ALIGNMENT_ROUTES"]
@@ -132,22 +133,9 @@ class EvalConfig:
                 raise ValueError(f"EvalConfig.{name} {msg}, got {getattr(self, name)!r}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"EvalConfig.steps must be >= 1, got {self.steps}")
-        # upper bounds: a typo must not start a run that grows memory or time without end
-        for name, upper in (
-            ("per_category", 10_000),
-            ("max_prompts", 10_000_000),
-            ("samples", 1024),
-            ("generate_batch_size", 4096),
-            ("evaluator_batch_size", 4096),
-            ("bootstrap", 100_000),
-            ("t3bench_samples", 1024),
-            ("diversity_points", 100_000),
-            ("save_meshes", 100_000),
-            ("steps", 10_000),
-            ("num_threads", 1024),
-        ):
-            value = getattr(self, name)
-            if value is not None and value > upper:
-                raise ValueError(f"EvalConfig.{name} must be <= {upper}, got {value}")
+        check_bounds(self, at_most={"per_category": 10_000, "max_prompts": 10_000_000, "samples": 1024,
+                                    "generate_batch_size": 4096, "evaluator_batch_size": 4096, "bootstrap": 100_000,
+                                    "t3bench_samples": 1024, "diversity_points": 100_000, "save_meshes": 100_000,
+                                    "steps": 10_000, "num_threads": 1024})  # fmt: skip
         if not 0 <= self.seed <= 2**62:
             raise ValueError(f"EvalConfig.seed must be in [0, {2**62}], got {self.seed}")

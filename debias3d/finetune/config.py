@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from debias3d.config import check_bounds
+
 __all__ = [
     "DEFAULT_TARGETS",
     "DpoSettings",
@@ -181,31 +183,14 @@ class TrainSettings:
     )
 
     def __post_init__(self) -> None:
-        for name in (
-            "max_train_steps",
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "checkpointing_steps",
-            "stage2_max_voxels",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainSettings.{name} must be >= 1, got {getattr(self, name)}")
-        if self.logging_steps < 1:
-            raise ValueError(f"TrainSettings.logging_steps must be >= 1, got {self.logging_steps}")
-        # upper bounds: a typo must not start a job that runs for weeks or allocates without end
-        for name, upper in (
-            ("max_train_steps", 10_000_000),
-            ("train_batch_size", 65_536),
-            ("gradient_accumulation_steps", 65_536),
-            ("stage2_max_voxels", 10_000_000),
-            ("lr_warmup_steps", 10_000_000),
-            ("dataloader_num_workers", 256),
-            ("num_threads", 1024),
-            ("checkpoints_total_limit", 100_000),
-        ):
-            value = getattr(self, name)
-            if value is not None and value > upper:
-                raise ValueError(f"TrainSettings.{name} must be <= {upper}, got {value}")
+        check_bounds(
+            self,
+            ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+             "stage2_max_voxels", "logging_steps"),
+            {"max_train_steps": 10_000_000, "train_batch_size": 65_536, "gradient_accumulation_steps": 65_536,
+             "stage2_max_voxels": 10_000_000, "lr_warmup_steps": 10_000_000, "dataloader_num_workers": 256,
+             "num_threads": 1024, "checkpoints_total_limit": 100_000},
+        )  # fmt: skip
         if self.learning_rate <= 0:
             raise ValueError(f"TrainSettings.learning_rate must be > 0, got {self.learning_rate}")
         if self.lr_scheduler not in _SCHEDULERS:

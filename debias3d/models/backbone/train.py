@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from debias3d.config import check_bounds
 from debias3d.data.shapeworld.corpus import CorpusConfig, corpus_word_counts
 
 from .flow import FlowModelConfig, SLatFlowModel, SparseStructureFlowModel
@@ -103,27 +104,10 @@ class BackboneTrainConfig:
         bad = [s for s in self.stages if s not in STAGES]
         if bad or not self.stages:
             raise ValueError(f"stages: expected a non-empty subset of {list(STAGES)}, got {self.stages}")
-        for name in (
-            "resolution",
-            "patch_size",
-            "stage1_channels",
-            "stage1_blocks",
-            "stage1_heads",
-            "stage2_channels",
-            "stage2_blocks",
-            "stage2_heads",
-            "batch_size",
-            "stage2_batch_size",
-            "stage2_max_voxels",
-            "log_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("stage1_steps", "stage2_steps", "warmup_steps", "num_threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        check_bounds(self, ("resolution", "patch_size", "stage1_channels", "stage1_blocks", "stage1_heads",
+                            "stage2_channels", "stage2_blocks", "stage2_heads", "batch_size", "stage2_batch_size",
+                            "stage2_max_voxels", "log_every", "checkpoint_every", "keep_checkpoints"))  # fmt: skip
+        check_bounds(self, ("stage1_steps", "stage2_steps", "warmup_steps", "num_threads"), lower=0)
         if self.resolution % self.patch_size:
             raise ValueError(f"patch_size: {self.patch_size} must divide resolution {self.resolution}")
         for name, ch, h in (("stage1_heads", self.stage1_channels, self.stage1_heads),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from debias3d.config import check_bounds
+
 __all__ = ["CLASS_TOKEN_POSITIONS", "DIMENSIONS", "EvaluatorModelConfig", "CLIPHyperScoreConfig"]
 
 #: How the embedded evaluator frames a mesh (:func:`debias3d.models.evaluator.views.evaluator_rig`).
@@ -74,9 +76,7 @@ class EvaluatorModelConfig:
             )
         if self.scene_radius <= 0:
             raise ValueError(f"EvaluatorModelConfig.scene_radius must be > 0, got {self.scene_radius}")
-        for name in ("render_size", "n_views", "dim", "n_ctx", "quality_dim", "hyper_trunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"EvaluatorModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        check_bounds(self, ("render_size", "n_views", "dim", "n_ctx", "quality_dim", "hyper_trunk"))
         self.cnn_widths = tuple(self.cnn_widths)
         self.head_hidden = tuple(self.head_hidden)
         self.dimensions = tuple(self.dimensions)
@@ -157,9 +157,9 @@ class CLIPHyperScoreConfig:
                 f"CLIPHyperScoreConfig.target_sizes needs an input and at least one hidden size, "
                 f"got {self.target_sizes}"
             )
-        for name in ("image_size", "render_size", "n_views", "n_ctx", "hyper_in_channels", "feature_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"CLIPHyperScoreConfig.{name} must be >= 1, got {getattr(self, name)}")
+        check_bounds(
+            self, ("image_size", "render_size", "n_views", "n_ctx", "hyper_in_channels", "feature_size")
+        )
         if self.context_length < self.n_ctx + 3:
             raise ValueError(
                 f"CLIPHyperScoreConfig.context_length {self.context_length} leaves no room for "

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from debias3d.config import check_bounds
 from debias3d.models.evaluator.config import EvaluatorModelConfig
 from debias3d.models.evaluator.data import EvaluatorDataConfig, load_or_build_dataset
 
@@ -94,9 +95,7 @@ class TrainSection:
             )
         if any(not 0 <= f < self.folds for f in self.fold_ids):
             raise ValueError(f"TrainSection.fold_ids must lie in [0, {self.folds}), got {self.fold_ids}")
-        for name in ("epochs", "batch_size", "num_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainSection.{name} must be >= 1, got {getattr(self, name)}")
+        check_bounds(self, ("epochs", "batch_size", "num_threads"))
         if self.lr <= 0:
             raise ValueError(f"TrainSection.lr must be > 0, got {self.lr}")
 
