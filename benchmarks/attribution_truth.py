@@ -46,6 +46,7 @@ METHODS = [
     ("occlusion_alignment", "occlusion", "alignment"),
     ("contrastive", "contrastive", "alignment"),
     ("contrastive_overall", "contrastive", "overall"),
+    ("choice", "choice", "alignment"),
 ]
 
 
@@ -120,67 +121,146 @@ def truth_rows(texts: list[str], truth: list[list[dict[str, bool]]], valid: torc
     return pd.DataFrame(rows)
 
 
+def load_prompts(which: str, n: int, tune_seed: int, tune_per_category: int) -> list[Any]:
+    """The prompts of a set: ``eval`` = the first ``n`` of ShapeWorld's fixed evaluation set (the
+    eval stage's); ``tune`` = a uniform grammar sample, ``tune_per_category`` per category with
+    ``tune_seed`` (the demo's audit sample for seed 1), without any prompt of the evaluation set."""
+    from debias3d.data.shapeworld.grammar import sample_prompts
+    from debias3d.data.shapeworld.vocab import CATEGORIES
+    from debias3d.eval.config import EvalConfig
+    from debias3d.eval.pipeline import load_eval_prompts
+
+    evaluation = load_eval_prompts(EvalConfig())
+    if which == "eval":
+        return evaluation[:n]
+    held_out = {p.text for p in evaluation}
+    rng = np.random.default_rng(tune_seed)
+    out, seen = [], set()
+    for cat in CATEGORIES:
+        for p in sample_prompts(tune_per_category, category=cat, rng=rng):
+            if p.text not in held_out and p.text not in seen:
+                seen.add(p.text)
+                out.append(p)
+    return out[:n]
+
+
+def cached_features(
+    prompts: list[Any], samples: int, evaluators: dict[str, Any], cache: Path | None
+) -> dict[str, Any]:
+    """Generate the meshes once and keep what every score needs: per evaluator the view features
+    ``(B, D, N, C)`` and valid mask ``(B, D)``, and the measurer's per-sample truth.
+
+    With ``cache``, these are read from / written to ``cache`` (``meta.json`` with the prompts,
+    truth and generation time; ``features_<evaluator>.safetensors``), so score variants are
+    evaluated without regenerating; a cache made for other prompts or ``D`` is an error.
+    """
+    from safetensors.torch import load_file, save_file
+
+    texts = [p.text for p in prompts]
+    meta_path = cache / "meta.json" if cache is not None else None
+    if meta_path is not None and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta["texts"] != texts or meta["samples"] != samples:
+            raise SystemExit(f"--cache {cache}: made for other prompts or samples; use another folder")
+        missing = [n for n in evaluators if not (cache / f"features_{n}.safetensors").is_file()]
+        if not missing:
+            feats = {n: load_file(str(cache / f"features_{n}.safetensors")) for n in evaluators}
+            logger.info("read %d x %d samples from %s", len(texts), samples, cache)
+            return {"texts": texts, "truth": meta["truth"], "issues": meta["issues"],
+                    "generate_s": meta["generate_s"], "features": feats, "cached": True}  # fmt: skip
+        logger.info("cache %s lacks %s; generating again", cache, ", ".join(missing))
+    from debias3d.bias_audit.localize import generate_samples
+    from debias3d.data.shapeworld.measurer import score_prompt
+    from debias3d.models.backbone.generator import MiniTrellisGenerator
+
+    t0 = time.perf_counter()
+    te = next(iter(evaluators.values())).text_encoder
+    gen = MiniTrellisGenerator.from_pretrained(None, text_encoder=te)
+    assets, issues = generate_samples(gen, texts, samples, seed=0)
+    t_gen = time.perf_counter() - t0
+    logger.info("generated %d x %d meshes in %.0f s", len(texts), samples, t_gen)
+    truth = [
+        [score_prompt(p.spec, a.voxels if a.voxels is not None else a) if a is not None else {} for a in row]
+        for p, row in zip(prompts, assets, strict=True)
+    ]
+    feats = {}
+    for name, ev in evaluators.items():
+        flat = [a for row in assets for a in row]
+        vb = ev.prepare_views(flat)
+        with torch.no_grad():
+            vf = ev.view_features(vb)
+        feats[name] = {
+            "features": vf.features.reshape(len(texts), samples, *vf.features.shape[1:]).contiguous(),
+            "valid": vb.valid.reshape(len(texts), samples).contiguous(),
+        }
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        for name, f in feats.items():
+            save_file(f, str(cache / f"features_{name}.safetensors"))
+        meta = {
+            "texts": texts,
+            "samples": samples,
+            "truth": truth,
+            "issues": issues,
+            "generate_s": round(t_gen, 1),
+        }
+        meta_path.write_text(json.dumps(meta))  # type: ignore[union-attr]
+    return {"texts": texts, "truth": truth, "issues": issues, "generate_s": round(t_gen, 1),
+            "features": feats, "cached": False}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--set", choices=("eval", "tune"), default="eval",
+                    help="eval: the fixed evaluation set; tune: a disjoint grammar sample for choosing variants")  # fmt: skip
     ap.add_argument("--prompts", type=int, default=60)
     ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--tune-seed", type=int, default=1)
+    ap.add_argument("--tune-per-category", type=int, default=6)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     ap.add_argument("--evaluators", default="default,scene")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", default=None, help="folder for the generated samples' view features and truth")
+    ap.add_argument("--build-only", action="store_true", help="fill --cache and stop")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
 
-    from debias3d.bias_audit.localize import generate_samples
     from debias3d.bias_audit.substitutes import ShapeWorldProposer
     from debias3d.bias_audit.truth import method_truth
     from debias3d.bias_audit.words import DEFAULT_STOP_WORDS
-    from debias3d.data.shapeworld.measurer import score_prompt
     from debias3d.data.shapeworld.vocab import STOP_WORDS
-    from debias3d.eval.config import EvalConfig
-    from debias3d.eval.pipeline import load_eval_prompts
-    from debias3d.models.backbone.generator import MiniTrellisGenerator
     from debias3d.models.evaluator.model import ShapeWorldHyperScore
 
     stops = frozenset(DEFAULT_STOP_WORDS | STOP_WORDS)
-    prompts = load_eval_prompts(EvalConfig())[: args.prompts]
-    texts = [p.text for p in prompts]
+    prompts = load_prompts(args.set, args.prompts, args.tune_seed, args.tune_per_category)
     t0 = time.perf_counter()
     evaluators = {
         name: ShapeWorldHyperScore.from_pretrained(name).eval() for name in args.evaluators.split(",")
     }
-    te = next(iter(evaluators.values())).text_encoder
-    gen = MiniTrellisGenerator.from_pretrained(None, text_encoder=te)
-    assets, issues = generate_samples(gen, texts, args.samples, seed=0)
-    t_gen = time.perf_counter() - t0
-    logger.info("generated %d x %d meshes in %.0f s", len(texts), args.samples, t_gen)
-    truth = [
-        [score_prompt(p.spec, a.voxels if a is not None and a.voxels is not None else a) if a is not None else {}
-         for a in row]
-        for p, row in zip(prompts, assets, strict=True)
-    ]  # fmt: skip
+    data = cached_features(prompts, args.samples, evaluators, Path(args.cache) if args.cache else None)
+    if args.build_only:
+        return {}
+    texts, truth = data["texts"], data["truth"]
     proposer = ShapeWorldProposer(stop_words=stops)
     result: dict[str, Any] = {
         "command": "python benchmarks/attribution_truth.py " + " ".join(argv or []),
+        "set": args.set,
         "prompts": len(texts),
         "samples": args.samples,
         "batch": args.batch,
         "k": args.k,
         "threads": args.threads,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-        "generate_s": round(t_gen, 1),
-        "issues": issues,
+        "generate_s": data["generate_s"],
+        "issues": data["issues"],
         "evaluators": {},
     }
     for name, ev in evaluators.items():
-        flat = [a for row in assets for a in row]
-        vb = ev.prepare_views(flat)
-        vf = ev.view_features(vb)
-        feats = vf.features.reshape(len(texts), args.samples, *vf.features.shape[1:])
-        valid = vb.valid.reshape(len(texts), args.samples)
+        feats, valid = data["features"][name]["features"], data["features"][name]["valid"]
         timings: dict[str, list[float]] = {}
         run = None
         for _ in range(args.repeats):
@@ -200,8 +280,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for m in gt:
             gt[m]["seconds"] = round(sec[m], 3)
             gt[m]["cost_vs_grad"] = round(sec[m] / sec["grad"], 2)
+        if args.cache:
+            rows.to_parquet(Path(args.cache) / f"uses_methods_{name}.parquet", index=False)
         best = max(
-            (m for m, kind, _ in METHODS if kind in ("occlusion", "contrastive")), key=lambda m: gt[m]["auc"]
+            (m for m, kind, _ in METHODS if kind in ("occlusion", "contrastive", "choice")),
+            key=lambda m: gt[m]["auc"],
         )
         thr = youden_threshold(rows[f"score_{best}"].to_numpy(float), rows["shown"].to_numpy(bool))
         result["evaluators"][name] = {

@@ -240,9 +240,12 @@ def process_batch(
 def build_probe_proposer(
     cfg: AuditConfig, out_dir: Path, stop_words: frozenset[str]
 ) -> tuple[Any, str | None]:
-    """The ``contrastive`` probe's substitute proposer, or ``(None, one-line reason)`` when it cannot be built."""
+    """The substitute proposer of the ``contrastive`` / ``choice`` probes, or ``(None, one-line reason)``
+    when it cannot be built."""
+    from debias3d.bias_audit.probes import SWAP_PROBES
+
     att = cfg.attribution
-    if "contrastive" not in att.methods:
+    if not any(m in att.methods for m in SWAP_PROBES):
         return None, None
     from debias3d.bias_audit.substitutes import build_proposer
 
@@ -263,7 +266,8 @@ def build_probe_proposer(
         return build_proposer(pc.proposer, stop_words=stop_words, **options), None
     except (FileNotFoundError, OSError, ValueError, KeyError, ImportError) as exc:
         msg = " ".join(str(exc).split())
-        return None, f"contrastive probe skipped: proposer {pc.proposer!r} unavailable: {msg}"
+        skipped = " and ".join(m for m in SWAP_PROBES if m in att.methods)
+        return None, f"{skipped} probe skipped: proposer {pc.proposer!r} unavailable: {msg}"
 
 
 def _run_probes(
@@ -277,13 +281,13 @@ def _run_probes(
     timer: Timer,
 ) -> tuple[dict[str, Any], list[str]]:
     """Every configured word probe on the batch's cached view features."""
-    from debias3d.bias_audit.probes import probe_prompts
+    from debias3d.bias_audit.probes import SWAP_PROBES, probe_prompts
 
     out: dict[str, Any] = {}
     issues: list[str] = []
     pc = att.probes
     for method in att.probe_methods:
-        if method == "contrastive" and proposer is None:
+        if method in SWAP_PROBES and proposer is None:
             continue
         with timer(f"attribute_{method}"):
             res = probe_prompts(
@@ -292,14 +296,15 @@ def _run_probes(
                 views,
                 valid,
                 method=method,
-                dimension=pc.occlusion_dimension if method == "occlusion" else pc.contrastive_dimension,
+                dimension=pc.dimension_of(method),
                 proposer=proposer,
                 k=pc.k,
                 stop_words=stop_words,
                 internal_batch_size=pc.internal_batch_size,
                 n_boot=pc.n_boot,
                 ci=pc.ci,
-                threshold=pc.threshold,
+                threshold=pc.threshold_of(method),
+                temperature=pc.temperature,
             )
         out[method] = res
         issues += res.issues
@@ -339,7 +344,13 @@ def _word_rows(
         if m not in probe_words:
             for r in rows:
                 r.update(
-                    {f"attr_{m}": math.nan, f"lo_{m}": math.nan, f"hi_{m}": math.nan, f"verdict_{m}": None}
+                    {
+                        f"attr_{m}": math.nan,
+                        f"lo_{m}": math.nan,
+                        f"hi_{m}": math.nan,
+                        f"verdict_{m}": None,
+                        f"thr_{m}": math.nan,
+                    }
                 )
                 r[f"ps_{m}"] = []
             picks[m] = (None, None)
@@ -352,6 +363,7 @@ def _word_rows(
             r[f"lo_{m}"] = w.lo if w is not None else math.nan
             r[f"hi_{m}"] = w.hi if w is not None else math.nan
             r[f"verdict_{m}"] = w.verdict if w is not None else None
+            r[f"thr_{m}"] = w.threshold if w is not None else math.nan
             r[f"ps_{m}"] = [float(x) for x in w.per_sample] if w is not None else []
         h, lo = extremes(ws, signed=True)
         picks[m] = (h.word if h else None, lo.word if lo else None)

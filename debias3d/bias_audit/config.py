@@ -11,23 +11,32 @@ __all__ = ["AuditConfig", "AttributionConfig", "ProbeConfig", "ViewContradiction
 
 DIMENSIONS: tuple[str, ...] = ("alignment", "geometry", "texture", "overall")
 GRADIENT_METHODS: tuple[str, ...] = ("grad", "grad_x_input", "integrated_gradients")
-PROBE_METHODS: tuple[str, ...] = ("occlusion", "contrastive")
+PROBE_METHODS: tuple[str, ...] = ("occlusion", "contrastive", "choice")
 _METHODS = GRADIENT_METHODS + PROBE_METHODS
 PROPOSERS: tuple[str, ...] = ("shapeworld", "wordlist", "mlm", "llm")
 #: Methods by agreement with ShapeWorld ground truth, best first (benchmarks/attribution_truth.py);
 #: ``select`` defaults to the first one that is run.
-SELECT_ORDER: tuple[str, ...] = ("contrastive", "occlusion", "grad", "grad_x_input", "integrated_gradients")
+SELECT_ORDER: tuple[str, ...] = (
+    "contrastive",
+    "choice",
+    "occlusion",
+    "grad",
+    "grad_x_input",
+    "integrated_gradients",
+)
 
 
 @dataclass
 class ProbeConfig:
-    """Counterfactual word probes (``occlusion``, ``contrastive``) and their substitute proposer."""
+    """Counterfactual word probes (``occlusion``, ``contrastive``, ``choice``) and their substitute proposer."""
 
     proposer: str = field(
         default="shapeworld",
-        metadata={"help": "substitutes for contrastive: shapeworld, wordlist, mlm or llm (registry name)"},
+        metadata={
+            "help": "substitutes for contrastive and choice: shapeworld, wordlist, mlm or llm (registry name)"
+        },
     )
-    k: int = field(default=4, metadata={"help": "alternatives per word (contrastive)"})
+    k: int = field(default=4, metadata={"help": "alternatives per word (contrastive, choice)"})
     wordlist: str | None = field(
         default=None, metadata={"help": "YAML {class: [words]} for the wordlist proposer"}
     )
@@ -46,8 +55,20 @@ class ProbeConfig:
     contrastive_dimension: str = field(
         default="alignment", metadata={"help": "score whose drop the contrastive probe measures"}
     )
+    choice_dimension: str = field(
+        default="alignment", metadata={"help": "score the choice probe's forced choice is made on"}
+    )
+    temperature: float = field(
+        default=0.05,
+        metadata={"help": "softmax temperature of the choice probe, in score units (chosen on a tuning set)"},
+    )
     threshold: float = field(
-        default=0.0, metadata={"help": "score drop above which a word counts as shown (verdicts)"}
+        default=0.0,
+        metadata={"help": "score drop above which a word counts as shown (occlusion, contrastive verdicts)"},
+    )
+    choice_threshold: float | None = field(
+        default=None,
+        metadata={"help": "choice probability above which a word counts as shown (default: chance, 1/(K+1))"},
     )
     n_boot: int = field(default=200, metadata={"help": "bootstrap resamples of the intervals"})
     ci: float = field(default=0.9, metadata={"help": "interval level"})
@@ -58,7 +79,7 @@ class ProbeConfig:
             raise ValueError(
                 f"ProbeConfig.proposer must be one of {', '.join(PROPOSERS)}, got {self.proposer!r}"
             )
-        for name in ("occlusion_dimension", "contrastive_dimension"):
+        for name in ("occlusion_dimension", "contrastive_dimension", "choice_dimension"):
             if getattr(self, name) not in DIMENSIONS:
                 raise ValueError(
                     f"ProbeConfig.{name} must be one of {', '.join(DIMENSIONS)}, got {getattr(self, name)!r}"
@@ -70,8 +91,24 @@ class ProbeConfig:
             raise ValueError(f"ProbeConfig.ci must be in (0, 1), got {self.ci}")
         if self.proposer == "wordlist" and not self.wordlist:
             raise ValueError("ProbeConfig.wordlist must name a YAML file when proposer is wordlist")
+        if not self.temperature > 0:
+            raise ValueError(f"ProbeConfig.temperature must be > 0, got {self.temperature}")
+        if self.choice_threshold is not None and not 0.0 < self.choice_threshold < 1.0:
+            raise ValueError(f"ProbeConfig.choice_threshold must be in (0, 1), got {self.choice_threshold}")
         if self.llm_timeout_s <= 0:
             raise ValueError(f"ProbeConfig.llm_timeout_s must be > 0, got {self.llm_timeout_s}")
+
+    def dimension_of(self, method: str) -> str:
+        """The evaluator dimension probe ``method`` reads."""
+        return {
+            "occlusion": self.occlusion_dimension,
+            "contrastive": self.contrastive_dimension,
+            "choice": self.choice_dimension,
+        }[method]
+
+    def threshold_of(self, method: str) -> float | None:
+        """The verdict threshold of probe ``method`` (``None``: each word's chance, ``choice`` only)."""
+        return self.choice_threshold if method == "choice" else self.threshold
 
 
 MAX_SAMPLES = 1024  # D, meshes per prompt
@@ -86,7 +123,7 @@ class AttributionConfig:
         default=("grad", "grad_x_input", "integrated_gradients", "occlusion", "contrastive"),
         metadata={
             "help": "methods to run: grad (the paper's), grad_x_input, integrated_gradients, "
-            "occlusion, contrastive (word probes)"
+            "occlusion, contrastive, choice (word probes)"
         },
     )
     select: str | None = field(

@@ -40,7 +40,7 @@ def _read_shards(shard_dir: Path) -> list[dict[str, Any]]:
 
 def _word_sample_rows(recs: Sequence[dict[str, Any]], att: Any) -> Any:
     """One row per (prompt, measurable word, valid sample): the measurer's verdict and every
-    method's score (probes: that sample's drop; gradients: the prompt's ``|attr|``)."""
+    method's score (probes: that sample's drop or choice probability; gradients: the prompt's ``|attr|``)."""
     import pandas as pd
 
     out = []
@@ -137,7 +137,7 @@ def merge_shards(
         ],
     )
     attr_cols = [f"attr_{m}" for m in att.methods]
-    probe_cols = [f"{c}_{m}" for m in att.probe_methods for c in ("lo", "hi", "verdict")]
+    probe_cols = [f"{c}_{m}" for m in att.probe_methods for c in ("lo", "hi", "verdict", "thr")]
     words_df = pd.DataFrame(
         word_rows, columns=["prompt_id", "word", "word_index", *attr_cols, "is_stop", *probe_cols]
     )
@@ -161,7 +161,7 @@ def merge_shards(
     pc = att.probes
     tables = {
         m: (
-            probe_word_table(words_df, m, pc.n_boot, pc.ci, pc.threshold)
+            probe_word_table(words_df, m, pc.n_boot, pc.ci, pc.threshold_of(m))
             if m in att.probe_methods
             else global_word_table(words_df, m)
         )

@@ -9,13 +9,20 @@ change the prompt, keep the mesh, and see how much the evaluator's score drops.
 * ``contrastive`` — replace the word by ``K`` same-kind alternatives from a substitute proposer
   (:mod:`debias3d.bias_audit.substitutes`); drop = ``q(x, t) - mean_k q(x, t[w→a_k])``. A shape
   that shows "red" loses score when its prompt says "blue"; one that ignored "red" does not.
+* ``choice`` — the same ``K`` swaps read as a forced choice (zero-shot classification of the shape
+  over the word's kind, as CLIP does over class names): per sample, the probability that the
+  evaluator picks the prompt's own word among {word, ``a_1..a_K``},
+  ``p = softmax(q(x, t[w→·]) / T)_word = 1 / (1 + Σ_k exp(-(q(x, t) - q(x, t[w→a_k])) / T))``.
+  Chance is ``1 / (K + 1)``, so a word the shape does not show scores near or below it; that
+  is the verdict threshold unless one is given.
 
-A large drop means the shape shows the word; a drop near zero (or negative) means the generator
-ignored it. Both probes run per sample on the evaluator's cached view features (no re-render; only
-the text side and the fusion run), batched over prompts, words and alternatives in chunks of
-``internal_batch_size`` rows. Every word gets a score (mean over the ``D`` samples and ``K``
-alternatives), a bootstrap interval (resampling samples and alternatives) and a verdict:
-``shown`` (interval above the threshold), ``ignored`` (below) or ``unclear`` (straddles it).
+A large drop (or choice probability) means the shape shows the word; a drop near zero (or
+negative) means the generator ignored it. The probes run per sample on the evaluator's cached view
+features (no re-render; only the text side and the fusion run), batched over prompts, words and
+alternatives in chunks of ``internal_batch_size`` rows. Every word gets a score (mean over the
+``D`` samples and ``K`` alternatives; ``choice``: mean probability over the samples), a bootstrap
+interval (resampling samples and alternatives) and a verdict: ``shown`` (interval above the
+threshold), ``ignored`` (at or below) or ``unclear`` (straddles it).
 
 The API is captum-shaped: :class:`WordProbe` is built from a forward function and its
 :meth:`~WordProbe.attribute` returns a :class:`ProbeResult` that draws word heatmaps and writes HTML.
@@ -44,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PROBES",
+    "SWAP_PROBES",
     "VERDICTS",
     "ProbeWord",
     "ProbeResult",
@@ -51,10 +59,13 @@ __all__ = [
     "EvaluatorTextScore",
     "probe_prompts",
     "bootstrap_interval",
+    "choice_probability",
     "verdict",
 ]
 
-PROBES: tuple[str, ...] = ("occlusion", "contrastive")
+PROBES: tuple[str, ...] = ("occlusion", "contrastive", "choice")
+#: Probes that swap the word for a proposer's same-kind alternatives.
+SWAP_PROBES: tuple[str, ...] = ("contrastive", "choice")
 VERDICTS: tuple[str, ...] = ("shown", "ignored", "unclear")
 
 
@@ -63,13 +74,33 @@ def _drop_word(text: str, start: int, end: int) -> str:
     return " ".join((text[:start].rstrip() + " " + text[end:].lstrip()).split())
 
 
+def choice_probability(drops: np.ndarray, temperature: float) -> np.ndarray:
+    """Forced-choice probability of the original word from its drops ``(..., K)`` → ``(...)``.
+
+    ``p = 1 / (1 + Σ_k exp(-drop_k / T))``: the softmax weight of the original prompt's score among
+    the original and its ``K`` alternatives at temperature ``T`` (computed in log space).
+
+    >>> float(choice_probability(np.zeros(3), 0.05))  # no difference: chance, 1 / (K + 1)
+    0.25
+    """
+    z = -np.asarray(drops, dtype=float) / float(temperature)
+    lse = np.logaddexp.reduce(z, axis=-1)
+    return np.exp(-np.logaddexp(0.0, lse))
+
+
 def bootstrap_interval(
-    drops: np.ndarray, n_boot: int = 200, ci: float = 0.9, rng: np.random.Generator | None = None
+    drops: np.ndarray,
+    n_boot: int = 200,
+    ci: float = 0.9,
+    rng: np.random.Generator | None = None,
+    temperature: float | None = None,
 ) -> tuple[float, float]:
     """Percentile interval of the mean of a ``(D, K)`` drop matrix, resampling rows and columns.
 
     Rows (samples) and columns (alternatives) are resampled independently with replacement, the
     two-way bootstrap of a crossed design. NaN cells (invalid samples) are left out of each mean.
+    With ``temperature`` the statistic is the mean over samples of the forced-choice probability
+    (:func:`choice_probability` of each resampled row) instead of the mean drop.
     """
     m = np.asarray(drops, dtype=float)
     m = m[np.isfinite(m).all(axis=1)] if m.ndim == 2 else m.reshape(-1, 1)
@@ -77,12 +108,16 @@ def bootstrap_interval(
         return math.nan, math.nan
     d, k = m.shape
     if d * k == 1:
-        v = float(m[0, 0])
+        v = float(m[0, 0]) if temperature is None else float(choice_probability(m[0], temperature))
         return v, v
     rng = rng if rng is not None else np.random.default_rng(0)
     ri = rng.integers(0, d, size=(n_boot, d))
     ci_ = rng.integers(0, k, size=(n_boot, k))
-    means = m[ri[:, :, None], ci_[:, None, :]].mean(axis=(1, 2))
+    picked = m[ri[:, :, None], ci_[:, None, :]]  # (n_boot, D, K)
+    if temperature is None:
+        means = picked.mean(axis=(1, 2))
+    else:
+        means = choice_probability(picked, temperature).mean(axis=1)
     a = (1.0 - ci) / 2.0
     return float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))
 
@@ -108,10 +143,13 @@ class ProbeWord:
     Attributes:
         word: lower-cased text; index: position among the prompt's words; start / end: span.
         is_stop: a stop word (not probed: ``score`` is NaN).
-        score: mean score drop over valid samples and alternatives (NaN when not probed).
+        score: mean score drop over valid samples and alternatives (``choice``: mean probability
+            of the word over valid samples); NaN when not probed.
         lo / hi: bootstrap interval of ``score``.
         verdict: ``shown``, ``ignored`` or ``unclear`` (``None`` when not probed).
-        per_sample: ``(D,)`` drop per sample (mean over alternatives; NaN for invalid samples).
+        threshold: the verdict's threshold (``choice``: chance, ``1 / (K + 1)``, unless one is given).
+        per_sample: ``(D,)`` drop per sample (mean over alternatives; ``choice``: the probability;
+            NaN for invalid samples).
         alternatives: what replaced the word (``[""]`` for occlusion).
     """
 
@@ -124,6 +162,7 @@ class ProbeWord:
     lo: float = math.nan
     hi: float = math.nan
     verdict: str | None = None
+    threshold: float = math.nan
     per_sample: np.ndarray = field(default_factory=lambda: np.zeros(0))
     alternatives: list[str] = field(default_factory=list)
 
@@ -142,7 +181,7 @@ class ProbeResult:
     """Probe results of a batch of prompts (captum ``LLMAttributionResult``-like).
 
     Attributes:
-        prompts: ``B`` texts; method: ``occlusion`` / ``contrastive``.
+        prompts: ``B`` texts; method: ``occlusion`` / ``contrastive`` / ``choice``.
         word_rows: per prompt, its :class:`ProbeWord` list.
         scores: ``(B, D)`` the original prompt's per-sample score on the probed dimension.
         issues: one-line messages (words without substitutes, failed proposers, ...).
@@ -165,7 +204,7 @@ class ProbeResult:
     def plot_word_attr(
         self, index: int = 0, vmax: float | None = None, show: bool = False, ax: Any = None
     ) -> Any:
-        """Word heatmap of prompt ``index`` (score drop per word; stop words blank)."""
+        """Word heatmap of prompt ``index`` (score per word; stop words blank)."""
         from debias3d.bias_audit.report import heatmap_figure
 
         ws = self.words(index)
@@ -183,7 +222,7 @@ class ProbeResult:
         return fig
 
     def to_html(self, indices: Sequence[int] | None = None) -> str:
-        """Each prompt's words shaded by score drop, with the verdict and interval on hover (escaped)."""
+        """Each prompt's words shaded by score, with the verdict and interval on hover (escaped)."""
         from debias3d.bias_audit.report import attr_colour
 
         vals = [w.score for ws in self.word_rows for w in ws if w.probed]
@@ -209,8 +248,9 @@ class WordProbe:
         forward_func: ``f(texts, rows, *additional_forward_args) -> (N, D)`` or ``(N, D, K)``
             per-sample scores of ``N`` prompt variants; ``rows`` ``(N,)`` says which input prompt
             each variant belongs to (so the function scores it on that prompt's samples).
-        method: ``occlusion`` or ``contrastive``.
-        proposer: a :class:`~debias3d.bias_audit.substitutes.SubstituteProposer` (``contrastive``).
+        method: ``occlusion``, ``contrastive`` or ``choice``.
+        proposer: a :class:`~debias3d.bias_audit.substitutes.SubstituteProposer` (``contrastive``,
+            ``choice``).
     """
 
     def __init__(
@@ -218,8 +258,8 @@ class WordProbe:
     ) -> None:
         if method not in PROBES:
             raise ValueError(f"unknown probe {method!r}; expected one of {', '.join(PROBES)}")
-        if method == "contrastive" and proposer is None:
-            raise ValueError("the contrastive probe needs a substitute proposer")
+        if method in SWAP_PROBES and proposer is None:
+            raise ValueError(f"the {method} probe needs a substitute proposer")
         self.forward_func = forward_func
         self.method = method
         self.proposer = proposer
@@ -278,8 +318,9 @@ class WordProbe:
         stop_words: Iterable[str] | None = None,
         n_boot: int = 200,
         ci: float = 0.9,
-        threshold: float = 0.0,
+        threshold: float | None = None,
         seed: int = 0,
+        temperature: float = 0.05,
     ) -> ProbeResult:
         """Probe every content word of every prompt.
 
@@ -288,18 +329,22 @@ class WordProbe:
             baselines: occlusion's replacement text (``""`` = delete the word).
             target: score column of a ``(N, D, K)`` forward output.
             additional_forward_args: passed to the forward function after ``(texts, rows)``.
-            k: alternatives per word (contrastive).
+            k: alternatives per word (``contrastive``, ``choice``).
             internal_batch_size: variant rows per forward (``None``: all at once).
             stop_words: words not probed (default: English function words).
             n_boot / ci: bootstrap resamples and interval level.
-            threshold: verdict threshold on the score drop.
+            threshold: verdict threshold on the score (``None``: 0 for the drops, chance
+                ``1 / (K + 1)`` of each word for ``choice``).
             seed: bootstrap seed.
+            temperature: softmax temperature ``T`` of ``choice``, in the forward's score units.
 
         Returns:
             :class:`ProbeResult`.
         """
         from debias3d.bias_audit.words import DEFAULT_STOP_WORDS
 
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         args = () if additional_forward_args is None else additional_forward_args
         args = args if isinstance(args, tuple) else (args,)
         stops = frozenset(w.lower() for w in (DEFAULT_STOP_WORDS if stop_words is None else stop_words))
@@ -326,14 +371,18 @@ class WordProbe:
                 per.setdefault((b, j), []).append(base[b] - q[i])
         rng = np.random.default_rng(seed)
         d = q.shape[1] if q.ndim == 2 else 1
+        choice = self.method == "choice"
         for (b, j), drops in per.items():
             m = np.stack(drops, axis=1)  # (D, K)
             w = word_rows[b][j]
-            w.per_sample = m.mean(axis=1)
+            w.per_sample = choice_probability(m, temperature) if choice else m.mean(axis=1)
             finite = np.isfinite(m).all(axis=1)
-            w.score = float(m[finite].mean()) if finite.any() else math.nan
-            w.lo, w.hi = bootstrap_interval(m, n_boot, ci, rng)
-            w.verdict = verdict(w.lo, w.hi, threshold) if w.probed else None
+            w.score = float(w.per_sample[finite].mean()) if finite.any() else math.nan
+            w.lo, w.hi = bootstrap_interval(m, n_boot, ci, rng, temperature if choice else None)
+            w.threshold = (
+                (1.0 / (m.shape[1] + 1) if choice else 0.0) if threshold is None else float(threshold)
+            )
+            w.verdict = verdict(w.lo, w.hi, w.threshold) if w.probed else None
         for ws in word_rows:
             for w in ws:
                 if not len(w.per_sample):
@@ -386,7 +435,8 @@ def probe_prompts(
     internal_batch_size: int | None = 256,
     n_boot: int = 200,
     ci: float = 0.9,
-    threshold: float = 0.0,
+    threshold: float | None = None,
+    temperature: float = 0.05,
 ) -> ProbeResult:
     """Probe every content word of ``B`` prompts on their cached samples, in batched passes.
 
@@ -396,10 +446,11 @@ def probe_prompts(
         features: ``(B, D, N, C)`` cached view features (or ``(B, D, V, 3, H, W)`` views, encoded
             here once).
         valid: ``(B, D)`` bool.
-        method: ``occlusion`` or ``contrastive``.
-        dimension: score column whose drop is measured.
-        proposer / k: substitutes for ``contrastive``.
-        stop_words / internal_batch_size / n_boot / ci / threshold: see :meth:`WordProbe.attribute`.
+        method: ``occlusion``, ``contrastive`` or ``choice``.
+        dimension: score column the probe reads.
+        proposer / k: substitutes for ``contrastive`` and ``choice``.
+        stop_words / internal_batch_size / n_boot / ci / threshold / temperature: see
+            :meth:`WordProbe.attribute`.
     """
     from debias3d.bias_audit.attribute import encode_sample_views
 
@@ -418,4 +469,5 @@ def probe_prompts(
         n_boot=n_boot,
         ci=ci,
         threshold=threshold,
+        temperature=temperature,
     )

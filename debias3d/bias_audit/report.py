@@ -149,6 +149,14 @@ _LABEL: dict[str, str] = {
     "integrated_gradients": "evaluator sensitivity (integrated gradients)",
     "occlusion": "shown in the shape: score drop without the word (occlusion)",
     "contrastive": "shown in the shape: score drop with a same-kind word (contrastive)",
+    "choice": "shown in the shape: probability the evaluator picks the word over same-kind words (choice)",
+}
+
+#: What a probe's number is, for table headers and the intro.
+_PROBE_SCORE: dict[str, str] = {
+    "occlusion": "score drop",
+    "contrastive": "score drop",
+    "choice": "choice probability",
 }
 
 
@@ -276,19 +284,21 @@ img.views{width:100%;max-width:960px;image-rendering:pixelated}figure{margin:4px
 </style></head><body>
 <h1>Bias audit</h1>
 <p class="muted">{{ n_prompts }} prompts &times; D={{ samples }} samples; generator <code>{{ generator }}</code>,
-evaluator <code>{{ evaluator }}</code>. Words chosen by <code>{{ primary }}</code>{% if primary_is_probe %} (a word probe:
+evaluator <code>{{ evaluator }}</code>. Words chosen by <code>{{ primary }}</code>{% if primary == "choice" %} (a word probe:
+the probability that the evaluator, shown the <i>same</i> shape, picks the prompt's word over K same-kind words;
+chance is 1/(K+1), and a word near or below chance is not shown){% elif primary_is_probe %} (a word probe:
 the evaluator's score drop on the <i>same</i> shape when the prompt loses the word or names a same-kind word instead;
 a drop near zero means the shape does not show the word){% endif %}.</p>
 
 <h2>Which words does this generator ignore, and how sure is that?</h2>
 {% if verdict_rows %}
-<p>Per word over the prompt set: mean score drop with its {{ ci_pct }}% bootstrap interval over prompts (a single prompt: over its
+<p>Per word over the prompt set: mean {{ score_label }} with its {{ ci_pct }}% bootstrap interval over prompts (a single prompt: over its
 samples and alternatives). <b>ignored</b>: the interval lies at or below {{ threshold }}; <b>shown</b>: above it; <b>unclear</b>: it straddles it.
 {% if gt_select %}Checked against the ShapeWorld measurer on these samples: AUC {{ gt_select }}.{% endif %}</p>
-<table><tr><th class="l">word</th><th class="l">verdict</th><th>score drop</th><th>interval</th><th>prompts</th></tr>
+<table><tr><th class="l">word</th><th class="l">verdict</th><th>{{ score_label }}</th><th>interval</th><th>prompts</th></tr>
 {% for r in verdict_rows %}<tr><td class="l">{{ r.word }}</td><td class="l v-{{ r.verdict }}">{{ r.verdict }}</td>
 <td>{{ "%.4f"|format(r.mean_attr) }}</td><td>[{{ "%.4f"|format(r.lo) }}, {{ "%.4f"|format(r.hi) }}]</td><td>{{ r.n_prompts }}</td></tr>{% endfor %}</table>
-{% else %}<p class="muted">The selected method is a gradient method (no verdicts); add <code>contrastive</code> or <code>occlusion</code> to
+{% else %}<p class="muted">The selected method is a gradient method (no verdicts); add <code>choice</code>, <code>contrastive</code> or <code>occlusion</code> to
 <code>attribution.methods</code> and select it for verdicts.</p>{% endif %}
 
 <h2>Global scores q<sub>g</sub></h2>
@@ -377,7 +387,7 @@ def write_report(audit_dir: str | Path, max_prompts: int = 200) -> Path:
     cfg = summary.get("config", {})
     att = cfg.get("attribution", {})
     primary = att.get("select") or att.get("primary") or "grad"
-    probes = ("occlusion", "contrastive")
+    probes = tuple(_PROBE_SCORE)
     dims = list(summary.get("q_g", {}).keys())
     tables = dict(summary.get("word_tables") or {})
     tables[primary] = summary.get("word_table", [])
@@ -468,7 +478,16 @@ def write_report(audit_dir: str | Path, max_prompts: int = 200) -> Path:
         grad_method=grad_method or "none",
         verdict_rows=verdict_rows,
         ci_pct=int(round(100 * float(probes_cfg.get("ci", 0.9)))),
-        threshold=probes_cfg.get("threshold", 0.0),
+        score_label=_PROBE_SCORE.get(primary, "score"),
+        threshold=(
+            (
+                "chance, 1/(K+1) for a word with K alternatives"
+                if probes_cfg.get("choice_threshold") is None
+                else probes_cfg.get("choice_threshold")
+            )
+            if primary == "choice"
+            else probes_cfg.get("threshold", 0.0)
+        ),
         gt_select=gt_select,
         gt_methods=gt_methods,
         target=att.get("target"),

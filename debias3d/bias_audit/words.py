@@ -197,18 +197,25 @@ def global_word_table(words: Any, method: str, normalize: bool = True) -> Any:
 
 
 def probe_word_table(
-    words: Any, method: str, n_boot: int = 200, ci: float = 0.9, threshold: float = 0.0, seed: int = 0
+    words: Any,
+    method: str,
+    n_boot: int = 200,
+    ci: float = 0.9,
+    threshold: float | None = 0.0,
+    seed: int = 0,
 ) -> Any:
-    """The set-wide table of a word probe: per word, its mean score drop over prompts with an interval.
+    """The set-wide table of a word probe: per word, its mean score over prompts with an interval.
 
     Args:
-        words: the ``words.parquet`` frame with ``attr_<method>`` (per-prompt score drops).
-        method: ``occlusion`` or ``contrastive``.
+        words: the ``words.parquet`` frame with ``attr_<method>`` (per-prompt scores: drops, or
+            ``choice`` probabilities) and, for ``threshold=None``, ``thr_<method>``.
+        method: ``occlusion``, ``contrastive`` or ``choice``.
         n_boot / ci: bootstrap over the prompts that use the word.
-        threshold: verdict threshold (see :func:`debias3d.bias_audit.probes.verdict`).
+        threshold: verdict threshold (see :func:`debias3d.bias_audit.probes.verdict`); ``None``:
+            each word's own threshold from ``thr_<method>`` (``choice``: its chance, ``1 / (K + 1)``).
 
     Returns:
-        DataFrame ``word, mean_attr, lo, hi, verdict, n_prompts, is_stop, rank`` sorted by
+        DataFrame ``word, mean_attr, lo, hi, verdict, threshold, n_prompts, is_stop, rank`` sorted by
         ``mean_attr`` descending (rank 1 = the most clearly shown word); words never probed
         (stop words) are left out.
     """
@@ -216,14 +223,17 @@ def probe_word_table(
 
     from debias3d.bias_audit.probes import verdict
 
-    cols = ["word", "mean_attr", "lo", "hi", "verdict", "n_prompts", "is_stop", "rank"]
+    cols = ["word", "mean_attr", "lo", "hi", "verdict", "threshold", "n_prompts", "is_stop", "rank"]
     col = f"attr_{method}"
     if words is None or len(words) == 0 or col not in words:
         return pd.DataFrame(columns=cols)
     own = [c for c in (f"lo_{method}", f"hi_{method}") if c in words]
-    df = words[["prompt_id", "word", "is_stop", col, *own]].copy()
+    thr_col = f"thr_{method}" if threshold is None and f"thr_{method}" in words else None
+    df = words[["prompt_id", "word", "is_stop", col, *own, *([thr_col] if thr_col else [])]].copy()
     df = df[np.isfinite(df[col].astype(float))]
     agg = {"v": (col, "mean"), "is_stop": ("is_stop", "first")}
+    if thr_col:
+        agg["thr"] = (thr_col, "mean")
     if len(own) == 2:
         agg.update(lo=(own[0], "min"), hi=(own[1], "max"))
     per = df.groupby(["word", "prompt_id"], sort=True).agg(**agg)
@@ -238,8 +248,9 @@ def probe_word_table(
             lo, hi = float(g["lo"].iloc[0]), float(g["hi"].iloc[0])
         else:
             lo = hi = math.nan
-        vd = verdict(lo, hi, threshold)
-        rows.append([word, float(v.mean()), lo, hi, vd, len(v), bool(g["is_stop"].iloc[0])])
+        thr = float(g["thr"].mean()) if thr_col else (math.nan if threshold is None else float(threshold))
+        vd = verdict(lo, hi, thr)
+        rows.append([word, float(v.mean()), lo, hi, vd, thr, len(v), bool(g["is_stop"].iloc[0])])
     t = pd.DataFrame(rows, columns=cols[:-1])
     t = t.sort_values(["mean_attr", "word"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
     t["rank"] = np.arange(1, len(t) + 1)

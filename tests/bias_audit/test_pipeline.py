@@ -72,7 +72,7 @@ def test_output_contract(audit):
         "attr_occlusion",
         "attr_contrastive",
         "is_stop",
-        *[f"{c}_{m}" for m in ("occlusion", "contrastive") for c in ("lo", "hi", "verdict")],
+        *[f"{c}_{m}" for m in ("occlusion", "contrastive") for c in ("lo", "hi", "verdict", "thr")],
     ]
     assert set(w["prompt_id"]) == set(p["prompt_id"])
     assert "<script>" not in set(w["word"]) and "script" in set(w["word"])
@@ -170,7 +170,7 @@ def test_ground_truth_and_view_contradictions(evaluator, tmp_path):
     )
     prompts = ["a red vase", "a tall blue vase", "a spiky green tree", "a small yellow cup"]
     cfg = _cfg(heatmaps=False)
-    cfg.attribution = AttributionConfig(methods=("grad", "contrastive"), batch_size=2)
+    cfg.attribution = AttributionConfig(methods=("grad", "contrastive", "choice"), batch_size=2)
     out = tmp_path / "gt"
     s = run_audit(
         prompts,
@@ -183,11 +183,16 @@ def test_ground_truth_and_view_contradictions(evaluator, tmp_path):
     gt = s["ground_truth"]
     assert gt is not None and gt["n_words"] >= 4
     assert set(gt["lowest_fidelity"]) <= {r["word"] for r in gt["per_word"] if r["fidelity"] < 1.0}
-    assert set(gt["methods"]) == {"grad", "contrastive"} and gt["method"] == "contrastive"
+    assert set(gt["methods"]) == {"grad", "contrastive", "choice"} and gt["method"] == s["select"]
     for r in gt["methods"].values():
         assert r["n_uses"] >= 4 and r["auc"] is None or 0.0 <= r["auc"] <= 1.0
     uses = pd.read_parquet(out / "word_samples.parquet")
     assert {"prompt_id", "word", "sample", "shown", "score_grad", "score_contrastive"} <= set(uses.columns)
+    assert uses["score_choice"].between(0.0, 1.0).all()  # a probability, not a drop
+    words = pd.read_parquet(out / "words.parquet")
+    probed = words[words["attr_choice"].notna()]
+    # each word's chance is its verdict line, 1 / (K + 1): K = 4, or 1 for "small" (its class has two words)
+    assert len(probed) and probed["thr_choice"].isin([0.2, 0.5]).all()
     # built by the ShapeWorld builder itself: every colour word is shown
     assert all(
         r["fidelity"] == 1.0 for r in gt["per_word"] if r["word"] in ("red", "blue", "green", "yellow")

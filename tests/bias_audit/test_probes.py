@@ -1,4 +1,4 @@
-"""Word probes (occlusion, contrastive), their intervals and verdicts, and the substitute proposers."""
+"""Word probes (occlusion, contrastive, choice), their intervals and verdicts, and the substitute proposers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from debias3d.bias_audit.probes import WordProbe, bootstrap_interval, probe_prompts, verdict
+from debias3d.bias_audit.probes import (
+    WordProbe,
+    bootstrap_interval,
+    choice_probability,
+    probe_prompts,
+    verdict,
+)
 from debias3d.bias_audit.substitutes import (
     LLMProposer,
     MLMProposer,
@@ -52,6 +58,43 @@ def test_probe_finds_the_ignored_words(method):
         assert len(s[0, "red"].alternatives) == 3 and "red" not in s[0, "red"].alternatives
     html = res.to_html()
     assert "tall" in html and "ignored" in html
+
+
+def test_choice_probe_is_the_forced_choice_probability_with_chance_as_threshold():
+    """Per sample: softmax over {word, K alternatives} of the scores / T; chance 1/(K+1) is the verdict line."""
+    t = 0.5
+    probe = WordProbe(lambda x, r: _shows(x, r, SHOWN), "choice", proposer=ShapeWorldProposer())
+    res = probe.attribute(PROMPTS, k=3, stop_words={"a"}, temperature=t, n_boot=300)
+    s = {(i, w.word): w for i in range(2) for w in res.words(i)}
+    # every alternative scores 1 lower on a sample that shows the word: p = e^(2/T) / (e^(2/T) + 3 e^(1/T))
+    p_shown = 1.0 / (1.0 + 3.0 * math.exp(-1.0 / t))
+    assert s[0, "red"].per_sample.tolist() == pytest.approx([p_shown, p_shown])
+    assert s[0, "red"].score == pytest.approx(p_shown) and s[0, "red"].verdict == "shown"
+    # "blue" is never shown: every alternative ties with it, so p is exactly chance and the verdict is ignored
+    assert s[1, "blue"].score == pytest.approx(0.25) and s[1, "blue"].threshold == pytest.approx(0.25)
+    assert s[1, "blue"].verdict == "ignored"
+    assert s[1, "tall"].per_sample.tolist() == pytest.approx([0.25, p_shown])
+    assert s[1, "tall"].lo <= s[1, "tall"].score <= s[1, "tall"].hi
+    assert s[1, "tall"].verdict == "unclear"  # one sample of two shows it
+    # a colder softmax is surer of the same evidence; a given threshold replaces chance
+    cold = probe.attribute(PROMPTS, k=3, stop_words={"a"}, temperature=0.05, threshold=0.99)
+    assert cold.words(0)[1].score > p_shown and cold.words(0)[1].threshold == 0.99
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        probe.attribute(PROMPTS, temperature=0.0)
+    with pytest.raises(ValueError, match="choice probe needs a substitute proposer"):
+        WordProbe(lambda x, r: x, "choice")
+
+
+def test_choice_probability_and_its_bootstrap():
+    assert choice_probability(np.zeros(4), 0.1) == pytest.approx(0.2)
+    # large drops: certain; large negative drops: never chosen; no overflow at a tiny temperature
+    assert choice_probability(np.array([5.0, 5.0]), 1e-4) == pytest.approx(1.0)
+    assert choice_probability(np.array([-5.0, 1.0]), 1e-4) == pytest.approx(0.0, abs=1e-12)
+    drops = np.array([[0.3, 0.1], [0.0, -0.1], [np.nan, np.nan]])
+    p = choice_probability(drops[:2], 0.1)
+    lo, hi = bootstrap_interval(drops, n_boot=400, temperature=0.1)
+    assert 0.0 <= lo <= p.mean() <= hi <= 1.0
+    assert bootstrap_interval(np.array([[0.0]]), temperature=0.1) == (0.5, 0.5)
 
 
 def test_occlusion_matches_word_deletion_by_hand():
@@ -292,3 +335,37 @@ def test_missing_masked_lm_folder_is_one_line_and_the_audit_goes_on(tmp_path):
     with pytest.raises(ValueError, match="select 'occlusion' must be one of methods"):
         AttributionConfig(methods=("grad",), select="occlusion")
     assert AttributionConfig(methods=("grad", "occlusion")).select == "occlusion"  # best of those run
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        ProbeConfig(temperature=0.0)
+    with pytest.raises(ValueError, match=r"choice_threshold must be in \(0, 1\)"):
+        ProbeConfig(choice_threshold=1.0)
+    with pytest.raises(ValueError, match="choice_dimension must be one of"):
+        ProbeConfig(choice_dimension="colour")
+    pc = ProbeConfig(threshold=0.01, choice_dimension="overall")
+    assert pc.threshold_of("choice") is None and pc.threshold_of("contrastive") == 0.01
+    assert pc.dimension_of("choice") == "overall" and pc.dimension_of("occlusion") == "overall"
+    att = AttributionConfig(
+        methods=("grad", "choice"), probes=ProbeConfig(proposer="mlm", mlm_path="/no/bert")
+    )
+    _, msg = build_probe_proposer(AuditConfig(attribution=att), tmp_path, frozenset())
+    assert msg.startswith("choice probe skipped")
+
+
+def test_probe_word_table_uses_each_words_own_threshold():
+    import pandas as pd
+
+    from debias3d.bias_audit.words import probe_word_table
+
+    words = pd.DataFrame(
+        {
+            "prompt_id": ["0", "1", "0", "1"],
+            "word": ["small", "small", "red", "red"],
+            "is_stop": [False] * 4,
+            "attr_choice": [0.45, 0.48, 0.45, 0.48],
+            "thr_choice": [0.5, 0.5, 0.2, 0.2],  # small has 1 alternative, red 4
+        }
+    )
+    t = probe_word_table(words, "choice", threshold=None).set_index("word")
+    assert t.loc["small", "verdict"] == "ignored" and t.loc["small", "threshold"] == 0.5
+    assert t.loc["red", "verdict"] == "shown" and t.loc["red", "threshold"] == pytest.approx(0.2)
+    assert set(probe_word_table(words, "choice", threshold=0.47)["verdict"]) == {"unclear"}
