@@ -29,6 +29,7 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -247,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     texts, truth = data["texts"], data["truth"]
     proposer = ShapeWorldProposer(stop_words=stops)
     result: dict[str, Any] = {
-        "command": "python benchmarks/attribution_truth.py " + " ".join(argv or []),
+        "command": "python benchmarks/attribution_truth.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "set": args.set,
         "prompts": len(texts),
         "samples": args.samples,

@@ -29,6 +29,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,29 @@ def learned_reference(train: Any, test: Any, word_class: dict[str, str]) -> dict
     return evaluate(test, ["learned", "class_rate"])
 
 
+def per_class(rows: Any, methods: list[str], word_class: dict[str, str]) -> dict[str, Any]:
+    """AUC within each word class (colour, size, modifier, action, count) and pooled over
+    within-class pairs only: what is left once the classes' base rates are taken out."""
+    from debias3d.bias_audit.truth import auc
+
+    cls = rows["word"].map(lambda w: word_class.get(w, "?"))
+    out: dict[str, Any] = {"classes": {}, "within_class_auc": {}}
+    for c, g in rows.groupby(cls):
+        y = g["shown"].to_numpy(bool)
+        out["classes"][c] = {"n_uses": len(g), "shown_share": float(y.mean()),
+                             "auc": {m: auc(g[f"score_{m}"], y) for m in methods}}  # fmt: skip
+    for m in methods:
+        num = den = 0.0
+        for _, g in rows.groupby(cls):
+            y = g["shown"].to_numpy(bool)
+            pairs = float(y.sum() * (~y).sum())
+            a = auc(g[f"score_{m}"], y)
+            if pairs and math.isfinite(a):
+                num, den = num + a * pairs, den + pairs
+        out["within_class_auc"][m] = num / den if den else math.nan
+    return out
+
+
 def default_variants() -> list[str]:
     v = ["occlusion:overall", "occlusion:alignment"]
     for dim in ("alignment", "overall"):
@@ -292,8 +316,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     names = args.variants.split(",") if args.variants else default_variants()
     word_class = {w: c for c, ws in (("colour", v.COLOURS), ("size", v.SIZES), ("modifier", v.MODIFIERS),
                                       ("action", v.ACTIONS), ("count", v.COUNTS)) for w in ws}  # fmt: skip
-    result: dict[str, Any] = {"cache": str(cache), "prompts": len(meta["texts"]), "samples": meta["samples"],
-                              "evaluators": {}}  # fmt: skip
+    result: dict[str, Any] = {
+        "command": "python benchmarks/probe_variants.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "cache": str(cache),
+        "prompts": len(meta["texts"]),
+        "samples": meta["samples"],
+        "evaluators": {},
+    }
     for ev_name in args.evaluators.split(","):
         raw_path = cache / f"raw_{ev_name}.npz"
         f = load_file(str(cache / f"features_{ev_name}.safetensors"))
@@ -318,6 +347,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gt = evaluate(rows, methods)
         result["evaluators"][ev_name] = {"n_uses": len(rows), "shown_share": float(rows["shown"].mean()),
                                          "variants": gt}  # fmt: skip
+        shipped = [
+            m for m in ("drop:alignment:4", "choice:alignment:4:0.05", "occlusion:overall") if m in names
+        ]
+        result["evaluators"][ev_name]["per_class"] = pc = per_class(rows, shipped, word_class)
+        for c, r in pc["classes"].items():
+            logger.info("  class %-9s %3d uses, %3.0f%% shown, AUC %s", c, r["n_uses"], 100 * r["shown_share"],
+                        "  ".join(f"{m} {a:.2f}" for m, a in r["auc"].items()))  # fmt: skip
+        logger.info(
+            "  within-class AUC %s", "  ".join(f"{m} {a:.3f}" for m, a in pc["within_class_auc"].items())
+        )
         if args.learned_from:
             train = pd.read_parquet(Path(args.learned_from) / f"uses_{ev_name}.parquet")
             ref = learned_reference(train, rows, word_class)
