@@ -465,6 +465,11 @@ def _finetune(
         )
 
     # ---------------------------------------------------------------- model: frozen base + LoRA
+    # Seed again once the generator exists: building it above (``build_generator``) draws from the
+    # global RNG, a generator passed in does not, and LoRA's initial weights (and its dropout) come
+    # from that RNG. Without this, ``debias3d finetune`` and the demo (which passes its generator)
+    # train different adapters from the same config and seed.
+    set_seed(tc.seed)
     if trellis:
         # TRELLIS's own objective on its latents: dense (B, 8, 16³) stage 1, SparseTensor stage 2,
         # CLIP text features from the pipeline's encoder.

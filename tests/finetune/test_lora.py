@@ -143,3 +143,35 @@ def test_adapter_reloads_and_merges_to_identical_outputs(tiny_world, tiny_gen_lo
 def test_load_adapter_rejects_non_adapter_folder(tiny_gen_loader, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a LoRA adapter folder"):
         tiny_gen_loader().load_adapter(tmp_path)
+
+
+def test_same_adapter_whether_the_generator_is_passed_in_or_loaded(tiny_world, tiny_gen_loader, tmp_path):
+    """LoRA's initial weights come from ``train.seed`` alone, not from how the generator was built.
+
+    ``debias3d finetune`` loads the generator inside the trainer (module construction draws from the
+    global RNG after the seed is set); the demo passes an already-built one. Both must train the
+    same adapter from the same config.
+    """
+    from safetensors.torch import load_file
+
+    from debias3d.finetune.trainer import finetune
+
+    cfg = FinetuneConfig(
+        generator_weights=str(tiny_world["base"]),
+        lora=LoraSettings(rank=4),
+        data=DataSettings(pairs=str(tiny_world["pairs"]), replay_share=0.0),
+        train=TrainSettings(
+            max_train_steps=2,
+            train_batch_size=2,
+            lr_warmup_steps=0,
+            learning_rate=1e-2,
+            checkpointing_steps=100,
+        ),  # fmt: skip
+    )
+    finetune(cfg, tmp_path / "passed", generator=tiny_gen_loader())
+    finetune(cfg, tmp_path / "loaded")  # the trainer loads generator_weights itself
+    a = load_file(str(tmp_path / "passed" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "loaded" / "adapter_model.safetensors"))
+    assert sorted(a) == sorted(b) and any(".lora_A." in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
