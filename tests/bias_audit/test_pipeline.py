@@ -121,6 +121,7 @@ def test_report_escapes_prompts(audit):
     assert "data:image/png;base64," in html
     for section in ("Per category", "Faithfulness", "Ground truth", "View contradictions"):
         assert section in html
+    assert "<th>score drop</th>" in html  # contrastive is selected: its number is a drop
 
 
 def test_resume_skips_done_and_same_config_gives_identical_summary(audit, evaluator, tmp_path):
@@ -170,7 +171,9 @@ def test_ground_truth_and_view_contradictions(evaluator, tmp_path):
     )
     prompts = ["a red vase", "a tall blue vase", "a spiky green tree", "a small yellow cup"]
     cfg = _cfg(heatmaps=False)
-    cfg.attribution = AttributionConfig(methods=("grad", "contrastive", "choice"), batch_size=2)
+    cfg.attribution = AttributionConfig(
+        methods=("grad", "contrastive", "choice"), select="choice", batch_size=2
+    )
     out = tmp_path / "gt"
     s = run_audit(
         prompts,
@@ -193,6 +196,10 @@ def test_ground_truth_and_view_contradictions(evaluator, tmp_path):
     probed = words[words["attr_choice"].notna()]
     # each word's chance is its verdict line, 1 / (K + 1): K = 4, or 1 for "small" (its class has two words)
     assert len(probed) and probed["thr_choice"].isin([0.2, 0.5]).all()
+    # the selected probe's table and the report say what its number is: a probability against chance
+    assert all(r["threshold"] in (0.2, 0.5) and 0.0 <= r["mean_attr"] <= 1.0 for r in s["word_table"])
+    html = (out / "report.html").read_text()
+    assert "<th>choice probability</th>" in html and "chance, 1/(K+1)" in html and "score drop" not in html
     # built by the ShapeWorld builder itself: every colour word is shown
     assert all(
         r["fidelity"] == 1.0 for r in gt["per_word"] if r["word"] in ("red", "blue", "green", "yellow")
