@@ -66,6 +66,13 @@ def _visual_plan(
 def _features(resolution: int) -> Any:
     from datasets import Features, Sequence, Value
 
+    def mesh(prefix: str) -> dict[str, Any]:  # a mesh path with its voxel grid (new or original side)
+        return {
+            f"{prefix}mesh": Value("string"),
+            f"{prefix}occupancy": Sequence(Value("uint8"), length=resolution**3),
+            f"{prefix}colors": Sequence(Value("uint8"), length=resolution**3 * 3),
+        }
+
     return Features(
         {
             "prompt": Value("string"),
@@ -75,18 +82,14 @@ def _features(resolution: int) -> Any:
             "w_l": Value("string"),
             "strategy": Value("string"),
             "pair_type": Value("string"),
-            "mesh": Value("string"),
-            "occupancy": Sequence(Value("uint8"), length=resolution**3),
-            "colors": Sequence(Value("uint8"), length=resolution**3 * 3),
+            **mesh(""),
             "resolution": Value("int32"),
             "seed": Value("int64"),
             "ranker_score_new": Value("float64"),
             "ranker_score_orig": Value("float64"),
             "winner": Value("bool"),
             "provenance": Value("string"),
-            "orig_mesh": Value("string"),
-            "orig_occupancy": Sequence(Value("uint8"), length=resolution**3),
-            "orig_colors": Sequence(Value("uint8"), length=resolution**3 * 3),
+            **mesh("orig_"),
         }
     )
 

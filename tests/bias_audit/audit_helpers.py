@@ -1,8 +1,10 @@
-"""Tiny stand-ins for the audit tests: a random tiny evaluator, a fast generator, a fake renderer."""
+"""Tiny stand-ins for the audit tests: a random tiny evaluator, a fast generator, a fake renderer,
+a tiny masked language model."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stand_ins import TINY_EVALUATOR as TINY  # noqa: E402
 from stand_ins import FakeRenderer, tiny_evaluator  # noqa: E402
 
-__all__ = ["TINY", "BoxGenerator", "FakeRenderer", "tiny_evaluator"]
+__all__ = ["TINY", "VIEW_VOCAB", "BoxGenerator", "FakeRenderer", "tiny_evaluator", "tiny_masked_lm"]
+
+#: A WordPiece vocabulary for the view-contradiction prompts ("this image is depicting a ... view of ...").
+VIEW_VOCAB = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+    "this", "image", "is", "depicting", "a", "view", "of",
+    "front", "back", "side", "top",
+    "smiling", "dog", "red", "vase", "with", "long", "neck", "##s",
+]  # fmt: skip
+
+
+def tiny_masked_lm(vocab: Sequence[str], folder: Path, max_positions: int = 512):
+    """A random (seed 0) 1-layer, 16-d ``BertForMaskedLM`` over ``vocab`` and its WordPiece tokenizer,
+    both saved to ``folder``; returns ``(model in eval mode, tokenizer)``."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=max_positions)  # fmt: skip
+    model = BertForMaskedLM(cfg)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model.eval(), tok
 
 
 class BoxGenerator:

@@ -153,22 +153,11 @@ def test_heatmap_command_reexports(audit, tmp_path):
 
 
 def test_ground_truth_and_view_contradictions(evaluator, tmp_path):
-    from test_prompt_debias import VOCAB  # noqa: F401
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    from audit_helpers import VIEW_VOCAB, tiny_masked_lm
 
     from debias3d.bias_audit.prompt_debias import ViewContradictionAuditor
 
-    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    tok = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
-    mlm = BertForMaskedLM(
-        BertConfig(
-            vocab_size=len(VOCAB),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-        )
-    )
+    mlm, tok = tiny_masked_lm(VIEW_VOCAB, tmp_path / "mlm")
     prompts = ["a red vase", "a tall blue vase", "a spiky green tree", "a small yellow cup"]
     cfg = _cfg(heatmaps=False)
     cfg.attribution = AttributionConfig(

@@ -197,7 +197,7 @@ def test_wordlist_proposer(tmp_path):
 
 
 def test_mlm_proposer_with_a_tiny_masked_lm(tmp_path):
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    from audit_helpers import tiny_masked_lm
 
     vocab = [
         "[PAD]",
@@ -214,17 +214,7 @@ def test_mlm_proposer_with_a_tiny_masked_lm(tmp_path):
         "##s",
         "the",
     ]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
-    BertForMaskedLM(cfg).save_pretrained(tmp_path)
+    tiny_masked_lm(vocab, tmp_path)
     p = build_proposer("mlm", path=str(tmp_path), top=len(vocab))
     assert isinstance(p, MLMProposer)
     out = p.substitutes_many([("a red vase", "red", 2, 5), ("a blue cup", "cup", 7, 10)], k=3)

@@ -3,38 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from audit_helpers import VIEW_VOCAB, tiny_masked_lm
 
 from debias3d.bias_audit.prompt_debias import ViewContradictionAuditor
-
-VOCAB = [
-    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
-    "this", "image", "is", "depicting", "a", "view", "of",
-    "front", "back", "side", "top",
-    "smiling", "dog", "red", "vase", "with", "long", "neck", "##s",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def tiny_mlm(tmp_path_factory):
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-
     d = tmp_path_factory.mktemp("tiny_bert")
-    (d / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    tok = BertTokenizerFast(vocab=str(d / "vocab.txt"), do_lower_case=True)
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    model = BertForMaskedLM(cfg).eval()
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d, model, tok
+    return d, *tiny_masked_lm(VIEW_VOCAB, d, max_positions=64)
 
 
 def test_pmi_matches_eq14(tiny_mlm):

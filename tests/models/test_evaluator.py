@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from stand_ins import FakeRenderer
 
 from debias3d.models.evaluator.config import EvaluatorModelConfig
 from debias3d.models.evaluator.model import ShapeWorldHyperScore
@@ -28,20 +29,6 @@ def text_encoder():
 def model(text_encoder):
     torch.manual_seed(0)
     return ShapeWorldHyperScore(TINY, text_encoder=text_encoder).eval()
-
-
-class CountingRenderer:
-    """Stand-in renderer: a colour per call, counts calls."""
-
-    def __init__(self, size: int = 16) -> None:
-        self.size = size
-        self.calls = 0
-
-    def render(self, mesh, rig):
-        self.calls += 1
-        img = np.full((len(rig), self.size, self.size, 3), 255, np.uint8)
-        img[:, 4:12, 4:12] = (np.asarray(mesh.vertices).mean(0) * 50 + 100).astype(np.uint8)
-        return img
 
 
 def coloured_box(shift: float = 0.0) -> trimesh.Trimesh:
@@ -86,7 +73,7 @@ def test_gradient_reaches_inputs_embeds(model, dim):
 
 
 def test_view_cache_renders_each_mesh_once():
-    r = CountingRenderer()
+    r = FakeRenderer()
     cache = ViewCache(renderer=r, image_size=16)
     a, b = coloured_box(), coloured_box(0.3)
     first = cache.get([a, b, a])
@@ -101,7 +88,7 @@ def test_view_cache_renders_each_mesh_once():
 
 
 def test_model_prepare_views_uses_cache(model, text_encoder):
-    r = CountingRenderer()
+    r = FakeRenderer()
     model.view_cache = ViewCache(renderer=r, image_size=16)
     assets = [coloured_box(), coloured_box(0.2)]
     emb, mask = _inputs(model, PROMPTS[:2])
@@ -160,7 +147,7 @@ def _bad_meshes():
 def test_bad_meshes_get_named_errors_and_finite_scores(model, caplog):
     from debias3d.data.assets import Asset
 
-    model.view_cache = ViewCache(renderer=CountingRenderer(), image_size=16)
+    model.view_cache = ViewCache(renderer=FakeRenderer(), image_size=16)
     bad = _bad_meshes()
     assets = [Asset("a red box", coloured_box(), metadata={"mesh_id": "good-0"})]
     assets += [Asset(f"bad {k}", m, metadata={"mesh_id": f"bad-{k}"}) for k, m in bad.items()]

@@ -43,6 +43,7 @@ Tokens come from the response's ``usage``; cost = tokens / 1e6 x the configured 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -244,23 +245,9 @@ class OpenAIContextWriter(ContextWriterBase):
 
     @classmethod
     def from_config(cls, cfg: Any) -> OpenAIContextWriter:
-        """Build from an ``LLMConfig``."""
-        return cls(
-            model=cfg.model,
-            base_url=cfg.base_url or None,
-            timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-            backoff_base_s=cfg.backoff_base_s,
-            backoff_max_s=cfg.backoff_max_s,
-            concurrency=cfg.concurrency,
-            temperature=cfg.temperature,
-            max_tokens=cfg.max_tokens,
-            max_words=cfg.max_words,
-            price_input_per_1m=cfg.price_input_per_1m,
-            price_output_per_1m=cfg.price_output_per_1m,
-            prompt_template=cfg.prompt_template,
-            require_api_key=cfg.require_api_key,
-        )
+        """Build from an ``LLMConfig``: every constructor argument is the config key of the same name."""
+        names = list(inspect.signature(cls).parameters)
+        return cls(**{name: getattr(cfg, name) for name in names})
 
     def describe(self) -> dict[str, Any]:
         """Settings that change answers (no key, no timing-only settings)."""
