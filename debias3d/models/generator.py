@@ -39,6 +39,7 @@ __all__ = [
     "MERGE_RECORD_NAME",
     "GeneratorBase",
     "GeneratorSpec",
+    "SampleRequest",
     "build_generator",
     "check_adapter_dir",
     "flow_container",
@@ -107,11 +108,33 @@ def build_generator(
     return gen
 
 
+@dataclass
+class SampleRequest:
+    """What :meth:`GeneratorBase.generate` hands a backend's ``_sample``, resolved.
+
+    Attributes:
+        prompts: P prompts.
+        seeds: one seed per prompt.
+        num_samples: D samples per prompt.
+        stage1 / stage2: sparse-structure / structured-latent sampler settings (TRELLIS's keys).
+        batch_size: items per sampler batch (``None``: the backend's default).
+    """
+
+    prompts: list[str]
+    seeds: list[int]
+    num_samples: int
+    stage1: dict[str, Any]
+    stage2: dict[str, Any]
+    batch_size: int | None = None
+
+
 class GeneratorBase(ABC):
     """Base class of the text-to-3D generator backends.
 
-    Subclasses implement :meth:`from_pretrained`, :meth:`generate` and :attr:`flow_models`; the
-    adapter methods work on ``flow_models`` and need nothing else. :meth:`save_pretrained` writes
+    Subclasses implement :meth:`from_pretrained`, :meth:`_sample` and :attr:`flow_models`, and keep
+    their sampler defaults in ``config.sparse_structure_sampler_params`` / ``config.slat_sampler_params``
+    (TRELLIS's names); :meth:`generate` resolves seeds and settings for them. The adapter methods
+    work on ``flow_models`` and need nothing else. :meth:`save_pretrained` writes
     ``<stage>.safetensors`` per flow model unless a backend has its own folder layout.
     """
 
@@ -131,20 +154,50 @@ class GeneratorBase(ABC):
     ) -> GeneratorBase:
         """Load the backend from ``path`` (``None``: its default weights) onto ``device``."""
 
-    @abstractmethod
     def generate(
         self,
         prompts: Sequence[str],
         seeds: int | Sequence[int] | None = None,
         num_samples: int = 1,
-        **kw: Any,
+        steps: int | None = None,
+        cfg: float | None = None,
+        batch_size: int | None = None,
+        sparse_structure_sampler_params: dict[str, Any] | None = None,
+        slat_sampler_params: dict[str, Any] | None = None,
     ) -> list[Asset]:
         """``num_samples`` assets per prompt, prompt-major (``assets[p * D + d]``).
 
-        Every backend also takes ``steps`` / ``cfg`` (both stages' sampler steps and CFG strength,
-        ``None``: its config's) and TRELLIS's per-stage ``sparse_structure_sampler_params`` /
-        ``slat_sampler_params``.
+        Args:
+            prompts: P prompts.
+            seeds: one seed per prompt (or one int for all; default 0). An asset is fixed by
+                (prompt, seed, sample index) whatever the batching.
+            num_samples: D samples per prompt.
+            steps / cfg: both stages' sampler ``steps`` / ``cfg_strength`` (``None``: the config's).
+            batch_size: items (prompt × sample) per sampler batch (``None``: the backend's default).
+            sparse_structure_sampler_params / slat_sampler_params: TRELLIS's per-stage overrides,
+                applied last.
+
+        Returns:
+            P·D assets, each with mesh, voxels, seed and metadata ``{"sample": d, "backend": name, ...}``.
         """
+        prompts = list(prompts)
+        if isinstance(seeds, int) or seeds is None:
+            seeds = [0 if seeds is None else int(seeds)] * len(prompts)
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        over = {k: v for k, v in (("steps", steps), ("cfg_strength", cfg)) if v is not None}
+        stage1 = {
+            **self.config.sparse_structure_sampler_params,
+            **over,
+            **(sparse_structure_sampler_params or {}),
+        }
+        stage2 = {**self.config.slat_sampler_params, **over, **(slat_sampler_params or {})}
+        return self._sample(SampleRequest(prompts, seeds, num_samples, stage1, stage2, batch_size))
+
+    @abstractmethod
+    def _sample(self, req: SampleRequest) -> list[Asset]:
+        """The backend's sampling for :meth:`generate`, its arguments resolved."""
 
     @property
     @abstractmethod

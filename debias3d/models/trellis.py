@@ -39,7 +39,6 @@ import importlib
 import importlib.util
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from debias3d.data.assets import Asset
-from debias3d.models.generator import GeneratorBase
+from debias3d.models.generator import GeneratorBase, SampleRequest
 
 logger = logging.getLogger(__name__)
 
@@ -463,45 +462,19 @@ class TrellisGenerator(GeneratorBase):
         )
         return self._to_asset_mesh(glb, y_up=True)
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        seeds: int | Sequence[int] | None = None,
-        num_samples: int = 1,
-        steps: int | None = None,
-        cfg: float | None = None,
-        sparse_structure_sampler_params: dict[str, Any] | None = None,
-        slat_sampler_params: dict[str, Any] | None = None,
-        batch_size: int | None = None,
-    ) -> list[Asset]:
+    def _sample(self, req: SampleRequest) -> list[Asset]:
         """One ``pipeline.run`` per prompt (D samples, TRELLIS seeds with ``torch.manual_seed(seed)``).
 
-        ``batch_size`` is accepted for the protocol and unused (TRELLIS samples one prompt's D
-        samples per call). Returns P·D assets, prompt-major; meshes z-up in ``[-1, 1]^3`` with
-        voxels for the measurer; ``metadata["export"]`` says which export made the mesh.
+        ``batch_size`` is accepted for the contract and unused (TRELLIS samples one prompt's D
+        samples per call). Meshes are z-up in ``[-1, 1]^3`` with voxels for the measurer;
+        ``metadata["export"]`` says which export made the mesh.
         """
         from debias3d.data.shapeworld.voxelize import mesh_to_voxels
 
-        del batch_size
-        prompts = list(prompts)
-        if isinstance(seeds, int) or seeds is None:
-            seeds = [0 if seeds is None else int(seeds)] * len(prompts)
-        if len(seeds) != len(prompts):
-            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        over: dict[str, Any] = {}
-        if steps is not None:
-            over["steps"] = steps
-        if cfg is not None:
-            over["cfg_strength"] = cfg
-        ss = {
-            **self.config.sparse_structure_sampler_params,
-            **over,
-            **(sparse_structure_sampler_params or {}),
-        }
-        sl = {**self.config.slat_sampler_params, **over, **(slat_sampler_params or {})}
+        ss, sl, num_samples = req.stage1, req.stage2, req.num_samples
         export = self.export_textured if self.config.export == "textured" else self.export_vertex_colors
         assets = []
-        for prompt, seed in zip(prompts, seeds, strict=True):
+        for prompt, seed in zip(req.prompts, req.seeds, strict=True):
             out = self.pipeline.run(
                 prompt,
                 num_samples=num_samples,

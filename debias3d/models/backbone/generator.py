@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from debias3d.data.assets import Asset
-from debias3d.models.generator import GeneratorBase
+from debias3d.models.generator import GeneratorBase, SampleRequest
 
 from .decoder import occupancy_from_latent, voxels_from_latents, voxels_to_mesh
 from .flow import FlowModelConfig, SLatFlowModel, SparseStructureFlowModel
@@ -199,55 +198,14 @@ class MiniTrellisGenerator(GeneratorBase):
         return self
 
     # ---------------------------------------------------------------------------- generation
-    def _sampler_params(self, base: dict[str, Any], steps: int | None, cfg: float | None, **extra) -> dict:
-        p = dict(base)
-        if steps is not None:
-            p["steps"] = steps
-        if cfg is not None:
-            p["cfg_strength"] = cfg
-        p.update({k: v for k, v in extra.items() if v is not None})
-        return p
-
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: Sequence[str],
-        seeds: int | Sequence[int] | None = None,
-        num_samples: int = 1,
-        steps: int | None = None,
-        cfg: float | None = None,
-        batch_size: int = 64,
-        sparse_structure_sampler_params: dict[str, Any] | None = None,
-        slat_sampler_params: dict[str, Any] | None = None,
-    ) -> list[Asset]:
-        """Generate ``num_samples`` assets per prompt.
-
-        Args:
-            prompts: P prompts.
-            seeds: one seed per prompt (or one int for all; default 0). Sample d of a prompt with
-                seed s draws its noise from ``torch.Generator().manual_seed(s + d)``, so an asset is
-                fixed by (prompt, s, d) whatever the batching.
-            num_samples: D samples per prompt.
-            steps / cfg: override both stages' sampler ``steps`` / ``cfg_strength``.
-            batch_size: items (prompt × sample) per sampler batch.
-            sparse_structure_sampler_params / slat_sampler_params: TRELLIS-style per-stage overrides.
-
-        Returns:
-            P·D assets, prompt-major (``assets[p * D + d]``), each with mesh, voxels, seed and
-            metadata ``{"sample": d, "backend": "mini-trellis", ...}``.
-        """
-        prompts = list(prompts)
-        if isinstance(seeds, int) or seeds is None:
-            seeds = [0 if seeds is None else int(seeds)] * len(prompts)
-        seeds = [int(s) for s in seeds]
-        if len(seeds) != len(prompts):
-            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    def _sample(self, req: SampleRequest) -> list[Asset]:
+        """Sample ``batch_size`` (default 64) items per batch; sample d of a prompt with seed s draws
+        its noise from ``torch.Generator().manual_seed(s + d)``. Metadata adds ``noise_seed``."""
+        prompts, seeds, num_samples, p1, p2 = req.prompts, req.seeds, req.num_samples, req.stage1, req.stage2
+        batch_size = 64 if req.batch_size is None else req.batch_size
         if num_samples < 1 or batch_size < 1:
             raise ValueError("num_samples and batch_size must be >= 1")
-        p1 = self._sampler_params(self.config.sparse_structure_sampler_params, steps, cfg)
-        p1.update(sparse_structure_sampler_params or {})
-        p2 = self._sampler_params(self.config.slat_sampler_params, steps, cfg)
-        p2.update(slat_sampler_params or {})
 
         # Encode every unique prompt once (the encoder caches too).
         unique = list(dict.fromkeys(prompts))
