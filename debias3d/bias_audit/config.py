@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from debias3d.config import check_bounds
+from debias3d.models.settings import EvaluatorSettings, GeneratorSettings
 
 __all__ = ["AuditConfig", "AttributionConfig", "ProbeConfig", "ViewContradictionConfig", "DIMENSIONS"]
 
@@ -228,24 +229,14 @@ class ViewContradictionConfig:
 
 
 @dataclass
-class AuditConfig:
+class AuditConfig(EvaluatorSettings, GeneratorSettings):
     """Bias audit: localize (generate D samples, score), quantize (attribute), report."""
 
-    generator: str = field(default="mini-trellis", metadata={"help": "generator backend (registry name)"})
-    generator_weights: str | None = field(
-        default=None, metadata={"help": "generator weights folder (default: shipped)"}
-    )
     generator_options: dict[str, Any] = field(
         default_factory=dict,
         metadata={
             "help": "backend options for the generator (trellis: export, simplify, ...; docs/trellis.md)"
         },
-    )
-    evaluator: str = field(
-        default="shapeworld-hyperscore", metadata={"help": "evaluator backend (registry name)"}
-    )
-    evaluator_weights: str | None = field(
-        default=None, metadata={"help": "evaluator weights folder (default: shipped)"}
     )
     samples: int = field(default=4, metadata={"help": "D, meshes generated per prompt"})
     seed: int = field(default=0, metadata={"help": "base seed; sample d of a prompt uses seed + d"})

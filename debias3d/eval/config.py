@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from debias3d.config import check_bounds
 from debias3d.models.ranker.t3bench import T3BenchConfig
+from debias3d.models.settings import EvaluatorSettings, GeneratorSettings, RankerSettings
 
 __all__ = ["EvalConfig", "EvalTargets", "T3BENCH_GROUPS", "ALIGNMENT_ROUTES"]
 
@@ -37,21 +38,11 @@ class EvalTargets:
 
 
 @dataclass
-class EvalConfig:
-    """Before/after evaluation: MATE-3D-style and T3Bench-style tables, ground truth, diversity."""
+class EvalConfig(RankerSettings, EvaluatorSettings, GeneratorSettings):
+    """Before/after evaluation: MATE-3D-style and T3Bench-style tables, ground truth, diversity.
 
-    generator: str = field(default="mini-trellis", metadata={"help": "generator backend (registry name)"})
-    generator_weights: str | None = field(
-        default=None, metadata={"help": "base generator weights folder (default: shipped)"}
-    )
-    evaluator: str = field(
-        default="shapeworld-hyperscore", metadata={"help": "evaluator backend (registry name)"}
-    )
-    evaluator_weights: str | None = field(
-        default=None, metadata={"help": "evaluator weights folder (default: shipped)"}
-    )
-    ranker: str = field(default="shapeworld", metadata={"help": "ranker backend for T3Bench quality"})
-    ranker_weights: str | None = field(default=None, metadata={"help": "ranker weights (default: shipped)"})
+    ``generator_weights`` are the base model's; the ranker judges T3Bench quality."""
+
     prompts: str | None = field(
         default=None,
         metadata={"help": "prompt file (txt/csv/json/jsonl); null = ShapeWorld's fixed evaluation set"},

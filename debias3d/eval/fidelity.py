@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from debias3d.eval.benchmarks import NO_CATEGORY
+from debias3d.models.settings import GeneratorSettings
 
 logger = logging.getLogger(__name__)
 
@@ -180,13 +181,9 @@ def run_fidelity(
 
 
 @dataclass
-class FidelityConfig:
+class FidelityConfig(GeneratorSettings):
     """``debias3d world fidelity``: the fixed ShapeWorld evaluation set, D samples per prompt."""
 
-    generator: str = field(default="mini-trellis", metadata={"help": "generator backend name"})
-    generator_weights: str | None = field(
-        default=None, metadata={"help": "generator weights folder or id (null: the backend's default)"}
-    )
     adapter: str | None = field(default=None, metadata={"help": "a LoRA adapter folder to apply"})
     samples: int = field(default=4, metadata={"help": "D, samples per prompt"})
     per_category: int = field(default=8, metadata={"help": "evaluation prompts per category"})

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from debias3d.config import check_bounds
+from debias3d.models.settings import GeneratorSettings
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -241,7 +242,7 @@ class DpoSettings:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(GeneratorSettings):
     """Everything ``debias3d finetune`` needs.
 
     ``generator`` picks the backend through the registry (``mini-trellis`` or ``trellis``);
@@ -251,12 +252,6 @@ class FinetuneConfig:
 
     RENAMED_KEYS: ClassVar[dict[str, str]] = {"generator_path": "generator_weights"}
 
-    generator: str = field(
-        default="mini-trellis", metadata={"help": "generator backend: mini-trellis or trellis"}
-    )
-    generator_weights: str | None = field(
-        default=None, metadata={"help": "weights folder / TRELLIS id (null = default)"}
-    )
     objective: str = field(
         default="sft",
         metadata={"help": "sft (supervised, winning pairs) or dpo (preference, winner vs loser pairs)"},
