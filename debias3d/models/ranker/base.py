@@ -18,11 +18,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["AGGREGATIONS", "Ranker", "RankerBase"]
+__all__ = ["AGGREGATIONS", "OPENAI_MEAN", "OPENAI_STD", "Ranker", "RankerBase", "normalize_openai"]
 
 logger = logging.getLogger(__name__)
 
 AGGREGATIONS = ("mean", "max", "min")
+#: OpenAI CLIP's per-channel image mean / std (HPSv2 and ImageReward normalise with them).
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def normalize_openai(x: Tensor) -> Tensor:
+    """``(x - mean) / std`` with :data:`OPENAI_MEAN` / :data:`OPENAI_STD`; ``x``: ``(M, 3, H, W)``."""
+    mean = torch.tensor(OPENAI_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 @runtime_checkable

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from debias3d.models.ranker.base import RankerBase
+from debias3d.models.ranker.base import OPENAI_MEAN, OPENAI_STD, RankerBase, normalize_openai
 
 __all__ = [
     "BPE_NAME",
@@ -49,8 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 INSTALL_HINT = "pip install 'debias3d[hpsv2]' (open_clip_torch + the torchvision matching your torch)"
 
@@ -77,9 +75,7 @@ def preprocess_images(images: Tensor, size: int = 224) -> Tensor:
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
         ph, pw = size - nh, size - nw
         x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
-    mean = torch.tensor(OPENAI_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize_openai(x)
 
 
 def import_open_clip() -> Any:

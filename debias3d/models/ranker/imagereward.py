@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from debias3d.models.ranker.base import RankerBase
+from debias3d.models.ranker.base import OPENAI_MEAN, OPENAI_STD, RankerBase, normalize_openai  # noqa: F401
 
 __all__ = [
     "IMAGEREWARD_MEAN",
@@ -53,8 +53,6 @@ logger = logging.getLogger(__name__)
 IMAGEREWARD_MEAN = 0.16717362830052426
 IMAGEREWARD_STD = 1.0333394966054072
 MAX_TOKENS = 35
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 WEIGHT_NAMES = ("model.safetensors", "ImageReward.pt")
 # Tensors of the released checkpoint that the score never uses (BLIP's contrastive projections,
 # a buffer of token positions).
@@ -94,10 +92,7 @@ def preprocess_images(images: Tensor, size: int = 224) -> Tensor:
         top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
         im = im.crop((left, top, left + size, top + size))
         out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1))
-    x = torch.stack(out)
-    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize_openai(torch.stack(out))
 
 
 class ImageRewardModel(nn.Module):
