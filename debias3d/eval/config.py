@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from debias3d.config import check_bounds
 from debias3d.models.ranker.t3bench import T3BenchConfig
-from debias3d.models.settings import EvaluatorSettings, GeneratorSettings, RankerSettings
+from debias3d.models.settings import EvaluatorSettings, GeneratorSettings
 
 __all__ = ["EvalConfig", "EvalTargets", "T3BENCH_GROUPS", "ALIGNMENT_ROUTES"]
 
@@ -38,11 +38,13 @@ class EvalTargets:
 
 
 @dataclass
-class EvalConfig(RankerSettings, EvaluatorSettings, GeneratorSettings):
+class EvalConfig(EvaluatorSettings, GeneratorSettings):
     """Before/after evaluation: MATE-3D-style and T3Bench-style tables, ground truth, diversity.
 
-    ``generator_weights`` are the base model's; the ranker judges T3Bench quality."""
+    ``generator_weights`` are the base model's."""
 
+    ranker: str = field(default="shapeworld", metadata={"help": "ranker backend for T3Bench quality"})
+    ranker_weights: str | None = field(default=None, metadata={"help": "ranker weights (default: shipped)"})
     prompts: str | None = field(
         default=None,
         metadata={"help": "prompt file (txt/csv/json/jsonl); null = ShapeWorld's fixed evaluation set"},

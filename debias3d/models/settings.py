@@ -3,26 +3,23 @@
 A stage config inherits the groups it uses, so the keys stay flat (``generator_weights: ...`` in YAML,
 ``generator_weights=...`` as an override) and mean the same in audit, eval, fine-tuning and fidelity.
 A dataclass lists inherited fields from the last base to the first, so a config names its groups in
-reverse (``class EvalConfig(RankerSettings, EvaluatorSettings, GeneratorSettings)``) to start with
-the generator.
+reverse (``class AuditConfig(EvaluatorSettings, GeneratorSettings)``) to start with the generator.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["EvaluatorSettings", "GeneratorSettings", "RankerSettings"]
+__all__ = ["EvaluatorSettings", "GeneratorSettings"]
 
 
 @dataclass
 class GeneratorSettings:
-    """Which generator a stage runs (:class:`~debias3d.models.generator.GeneratorSpec` name and weights)."""
+    """Which generator a stage runs: :class:`~debias3d.models.generator.GeneratorSpec` name and weights."""
 
-    generator: str = field(
-        default="mini-trellis", metadata={"help": "generator backend (registry name: mini-trellis, trellis)"}
-    )
+    generator: str = field(default="mini-trellis", metadata={"help": "generator backend (registry name)"})
     generator_weights: str | None = field(
-        default=None, metadata={"help": "generator weights folder or hub id (null: the backend's default)"}
+        default=None, metadata={"help": "weights folder or hub id (null: default)"}
     )
 
 
@@ -34,13 +31,5 @@ class EvaluatorSettings:
         default="shapeworld-hyperscore", metadata={"help": "evaluator backend (registry name)"}
     )
     evaluator_weights: str | None = field(
-        default=None, metadata={"help": "evaluator weights (default: shipped)"}
+        default=None, metadata={"help": "evaluator weights (null: shipped)"}
     )
-
-
-@dataclass
-class RankerSettings:
-    """Which reward ranker judges rendered views (T3Bench-style quality)."""
-
-    ranker: str = field(default="shapeworld", metadata={"help": "ranker backend (registry name)"})
-    ranker_weights: str | None = field(default=None, metadata={"help": "ranker weights (default: shipped)"})

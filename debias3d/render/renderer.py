@@ -68,6 +68,7 @@ _DEFAULT_RGB = (180, 180, 180)
 _MESH_ACTOR = "debias3d-mesh"
 
 MeshLike = Any  # trimesh.Trimesh | trimesh.Scene | str | os.PathLike
+Cameras = CameraRig | Sequence[Camera] | Camera  # a rig, a list of cameras or one camera
 
 
 class RenderError(ValueError):
@@ -331,7 +332,7 @@ class Renderer:
 
     # -- rendering -----------------------------------------------------------------------------------
 
-    def _resolve(self, cameras: CameraRig | Sequence[Camera] | Camera, normalize: str | None) -> tuple:
+    def _resolve(self, cameras: Cameras, normalize: str | None) -> tuple:
         if isinstance(cameras, Camera):
             cameras = [cameras]
         if isinstance(cameras, CameraRig):
@@ -395,12 +396,7 @@ class Renderer:
             out[i] = np.asarray(img)[..., :3]
         return out
 
-    def render(
-        self,
-        mesh: MeshLike,
-        cameras: CameraRig | Sequence[Camera] | Camera,
-        normalize: str | None = None,
-    ) -> np.ndarray:
+    def render(self, mesh: MeshLike, cameras: Cameras, normalize: str | None = None) -> np.ndarray:
         """Render one mesh from every camera.
 
         Args:
@@ -419,12 +415,7 @@ class Renderer:
         self._set_mesh(mesh, mode)
         return self._shoot(cams)
 
-    def render_tensor(
-        self,
-        mesh: MeshLike,
-        cameras: CameraRig | Sequence[Camera] | Camera,
-        normalize: str | None = None,
-    ) -> torch.Tensor:
+    def render_tensor(self, mesh: MeshLike, cameras: Cameras, normalize: str | None = None) -> torch.Tensor:
         """:meth:`render` as a ``(V, 3, H, W)`` float32 tensor in ``[0, 1]``."""
         import torch
 
@@ -434,7 +425,7 @@ class Renderer:
     def render_many(
         self,
         meshes: Iterable[MeshLike],
-        cameras: CameraRig | Sequence[Camera] | Camera,
+        cameras: Cameras,
         on_error: str = "raise",
         normalize: str | None = None,
     ) -> RenderBatch:
