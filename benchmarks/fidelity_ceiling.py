@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     from debias3d.data.shapeworld.grammar import evaluation_prompts
     from debias3d.eval.fidelity import run_fidelity
-    from debias3d.models.backbone.cli import load_generator
+    from debias3d.models.generator import GeneratorSpec, build_generator
 
-    gen = load_generator("mini-trellis", args.weights)
+    gen = build_generator(GeneratorSpec("mini-trellis", args.weights))
     evals = evaluation_prompts(args.per_category, seed=0)
     t0 = time.time()
     out = {"command": "benchmarks/fidelity_ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
