@@ -89,6 +89,14 @@ def test_linear_subclasses_other_than_sparse_linear_are_refused():
     assert "SparseLinear" in str(e.value) and "\n" not in str(e.value)
 
 
+def _two_steps(tiny_world) -> FinetuneConfig:
+    """A 2-step rank-4 run of the tiny world's base model on its pairs (no replay)."""
+    train = TrainSettings(max_train_steps=2, train_batch_size=2, lr_warmup_steps=0, learning_rate=1e-2,
+                          checkpointing_steps=100)  # fmt: skip
+    return FinetuneConfig(generator_weights=str(tiny_world["base"]), lora=LoraSettings(rank=4), train=train,
+                          data=DataSettings(pairs=str(tiny_world["pairs"]), replay_share=0.0))  # fmt: skip
+
+
 def test_adapter_reloads_and_merges_to_identical_outputs(tiny_world, tiny_gen_loader, tmp_path):
     """In-process 2-step run, then: reload (unmerged) == trained model; merged == unmerged;
     merged safetensors reload == merged; base weights untouched by training."""
@@ -98,18 +106,7 @@ def test_adapter_reloads_and_merges_to_identical_outputs(tiny_world, tiny_gen_lo
     base_gen = tiny_gen_loader()
     base_state = {k: v.clone() for k, v in base_gen.state_dict().items()}
     base_out = _outputs(base_gen)
-    cfg = FinetuneConfig(
-        generator_weights=str(tiny_world["base"]),
-        lora=LoraSettings(rank=4),
-        data=DataSettings(pairs=str(tiny_world["pairs"]), replay_share=0.0),
-        train=TrainSettings(
-            max_train_steps=2,
-            train_batch_size=2,
-            lr_warmup_steps=0,
-            learning_rate=1e-2,
-            checkpointing_steps=100,
-        ),  # fmt: skip
-    )
+    cfg = _two_steps(tiny_world)
     trained_gen = tiny_gen_loader()
     res = finetune(cfg, tmp_path / "ft", generator=trained_gen)
     assert (tmp_path / "ft" / "adapter_config.json").is_file()
@@ -156,18 +153,7 @@ def test_same_adapter_whether_the_generator_is_passed_in_or_loaded(tiny_world, t
 
     from debias3d.finetune.trainer import finetune
 
-    cfg = FinetuneConfig(
-        generator_weights=str(tiny_world["base"]),
-        lora=LoraSettings(rank=4),
-        data=DataSettings(pairs=str(tiny_world["pairs"]), replay_share=0.0),
-        train=TrainSettings(
-            max_train_steps=2,
-            train_batch_size=2,
-            lr_warmup_steps=0,
-            learning_rate=1e-2,
-            checkpointing_steps=100,
-        ),  # fmt: skip
-    )
+    cfg = _two_steps(tiny_world)
     finetune(cfg, tmp_path / "passed", generator=tiny_gen_loader())
     finetune(cfg, tmp_path / "loaded")  # the trainer loads generator_weights itself
     a = load_file(str(tmp_path / "passed" / "adapter_model.safetensors"))
