@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = ["ContextRequest", "ContextWriter", "LLMResult", "ContextWriterBase"]
 
@@ -86,6 +86,8 @@ class ContextWriterBase:
     """
 
     name = "base"
+    #: attributes that change the answers; :meth:`describe` reports them (never a key or a timeout)
+    answer_settings: ClassVar[tuple[str, ...]] = ()
 
     def write(self, prompt: str, keep_words: Sequence[str], n: int, seed: int) -> LLMResult:
         raise NotImplementedError
@@ -96,4 +98,4 @@ class ContextWriterBase:
 
     def describe(self) -> dict[str, Any]:
         """Backend settings that change the answers (part of each job item's key)."""
-        return {"backend": self.name}
+        return {"backend": self.name, **{k: getattr(self, k) for k in self.answer_settings}}

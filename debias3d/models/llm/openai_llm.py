@@ -191,6 +191,7 @@ class OpenAIContextWriter(ContextWriterBase):
     """
 
     name = "openai"
+    answer_settings = ("model", "base_url", "temperature", "max_tokens", "max_words", "prompt_template")
 
     def __init__(
         self,
@@ -248,18 +249,6 @@ class OpenAIContextWriter(ContextWriterBase):
         """Build from an ``LLMConfig``: every constructor argument is the config key of the same name."""
         names = list(inspect.signature(cls).parameters)
         return cls(**{name: getattr(cfg, name) for name in names})
-
-    def describe(self) -> dict[str, Any]:
-        """Settings that change answers (no key, no timing-only settings)."""
-        return {
-            "backend": self.name,
-            "model": self.model,
-            "base_url": self.base_url,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "max_words": self.max_words,
-            "prompt_template": self.prompt_template,
-        }
 
     # ------------------------------------------------------------------------------------ API
     def messages(self, prompt: str, keep_words: Sequence[str], n: int) -> list[dict[str, str]]:

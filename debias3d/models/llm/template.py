@@ -54,6 +54,7 @@ class TemplateContextWriter(ContextWriterBase):
     """
 
     name = "template"
+    answer_settings = ("tries_per_prompt", "extra_modifier_prob", "noun_swap_prob")
 
     def __init__(
         self, tries_per_prompt: int = 60, extra_modifier_prob: float = 0.4, noun_swap_prob: float = 0.4
@@ -68,14 +69,6 @@ class TemplateContextWriter(ContextWriterBase):
     def from_config(cls, cfg: Any) -> TemplateContextWriter:
         """Build from an ``LLMConfig`` (uses ``template_tries``)."""
         return cls(tries_per_prompt=cfg.template_tries)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backend": self.name,
-            "tries_per_prompt": self.tries_per_prompt,
-            "extra_modifier_prob": self.extra_modifier_prob,
-            "noun_swap_prob": self.noun_swap_prob,
-        }
 
     # ------------------------------------------------------------------------------------ API
     def write(self, prompt: str, keep_words: Sequence[str], n: int, seed: int) -> LLMResult:
