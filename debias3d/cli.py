@@ -204,7 +204,7 @@ def world_sample(
     image_size: Annotated[int, typer.Option(help="Thumbnail size in the contact sheet.")] = 160,
 ) -> None:
     """Sample ShapeWorld prompts, build their shapes, write GLB meshes and a contact-sheet PNG."""
-    from debias3d.data.shapeworld.sample import write_sample
+    from debias3d.render.sheet import write_sample
 
     if n < 1:
         raise _fail("--n must be at least 1")

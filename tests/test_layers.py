@@ -1,9 +1,9 @@
 """Dependencies point down only: data -> render -> models -> audit / augment / finetune -> eval -> demo -> cli.
 
-A module may import, at module level, only from its own layer or a lower one; the three stages
-(audit, augment, finetune) share a layer but do not import one another. Imports inside functions
-(the CLI's and orchestrators' lazy imports) and ``if TYPE_CHECKING:`` blocks are not checked: they
-do not make import loops or load a higher layer when a lower one is imported.
+A module may import only from its own layer or a lower one; the three stages (audit, augment,
+finetune) share a layer but do not import one another. The rule holds at module level and inside
+functions (lazy imports) alike, except for the ``python -m debias3d.<stage>`` entry points, which
+run the command line. ``if TYPE_CHECKING:`` blocks are not checked: they never run.
 """
 
 from __future__ import annotations
@@ -51,13 +51,19 @@ def _part(module: str) -> str | None:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def _module_level_imports(tree: ast.Module, module: str, is_package: bool) -> list[tuple[str, int]]:
-    """``(imported module, line)`` for the imports that run when the module is imported."""
+def _module_level_imports(
+    tree: ast.Module, module: str, is_package: bool, lazy: bool = False
+) -> list[tuple[str, int]]:
+    """``(imported module, line)`` for the imports that run when the module is imported (``lazy``:
+    and those inside functions, classes and blocks, which run later)."""
     found: list[tuple[str, int]] = []
+    blocks = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.With, ast.For, ast.While)
 
     def visit(body: list[ast.stmt]) -> None:
         for node in body:
-            if isinstance(node, ast.If):
+            if lazy and isinstance(node, blocks):
+                visit(node.body)
+            elif isinstance(node, ast.If):
                 if "TYPE_CHECKING" not in ast.unparse(node.test):
                     visit(node.body)
                 visit(node.orelse)
@@ -82,13 +88,13 @@ def _module_level_imports(tree: ast.Module, module: str, is_package: bool) -> li
     return found
 
 
-def _violations() -> list[str]:
+def _violations(lazy: bool = False) -> list[str]:
     out = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = _module_name(path)
         mine = _part(module)
         for imported, line in _module_level_imports(
-            ast.parse(path.read_text(encoding="utf-8")), module, path.name == "__init__.py"
+            ast.parse(path.read_text(encoding="utf-8")), module, path.name == "__init__.py", lazy
         ):
             theirs = _part(imported)
             if theirs is None or theirs == mine:
@@ -108,6 +114,12 @@ def test_every_part_of_the_package_has_a_layer():
 
 def test_no_module_imports_a_higher_layer_at_module_level():
     assert _violations() == []
+
+
+def test_imports_inside_functions_point_down_too():
+    """Lazy imports follow the same rule; only the ``python -m debias3d.<stage>`` entry points
+    (``<stage>/__main__.py``) reach up to the command line."""
+    assert [v for v in _violations(lazy=True) if "/__main__.py:" not in v] == []
 
 
 @pytest.mark.parametrize(
