@@ -43,6 +43,7 @@ from debias3d.config import check_bounds
 from debias3d.demo_mitigations import MitigationSettings
 from debias3d.eval.config import EvalConfig
 from debias3d.finetune.config import FinetuneConfig
+from debias3d.runs import Timer
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +93,11 @@ class DemoConfig:
             )
 
 
-class _Stages:
-    """Wall time per stage, logged as each one ends."""
+class _Stages(Timer):
+    """A :class:`~debias3d.runs.Timer` of the demo's stages that logs each one as it starts and ends."""
 
     def __init__(self) -> None:
-        self.t: dict[str, float] = {}
+        super().__init__()
         self.t0 = time.perf_counter()
 
     def total(self) -> float:
@@ -107,11 +108,10 @@ class _Stages:
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         logger.info("demo: %s ...", name)
-        t0 = time.perf_counter()
         try:
-            yield
+            with super().__call__(name):
+                yield
         finally:
-            self.t[name] = self.t.get(name, 0.0) + time.perf_counter() - t0
             logger.info("demo: %s done in %.1f s", name, self.t[name])
 
 
