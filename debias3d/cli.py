@@ -314,7 +314,9 @@ def generate(
         int, typer.Option(help="Base seed of the samples: sample d of a prompt uses seed + d.")
     ] = 0,
     generator: Annotated[str, typer.Option(help="Generator backend name.")] = "mini-trellis",
-    weights: Annotated[Path | None, typer.Option(help="Weights folder (default: shipped).")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Weights folder (default: the one --adapter records, else shipped).")
+    ] = None,
     adapter: Annotated[Path | None, typer.Option(help="A LoRA adapter folder to apply.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Mesh format: glb, obj or ply.")] = "glb",
     steps: Annotated[int | None, typer.Option(help="Sampler steps (default from the model config).")] = None,

@@ -86,15 +86,12 @@ def load_generator(
 ) -> Any:
     """The base generator (``cfg.generator`` / ``cfg.generator_weights``), with ``adapter`` applied (merged).
 
-    When ``cfg.generator_weights`` is unset and the adapter folder records its base weights, those
-    are used, so an adapter is always measured on the model it was trained from.
+    When ``cfg.generator_weights`` is unset, :func:`~debias3d.models.generator.build_generator` loads
+    the weights the adapter records, so an adapter is always measured on the model it was trained from.
     """
-    from debias3d.models.generator import GeneratorSpec, build_generator, read_adapter_info
+    from debias3d.models.generator import GeneratorSpec, build_generator
 
-    weights = cfg.generator_weights
-    if adapter is not None and weights is None:
-        weights = read_adapter_info(adapter).get("generator_weights") or None
-    spec = GeneratorSpec(cfg.generator, weights, cfg.device)
+    spec = GeneratorSpec(cfg.generator, cfg.generator_weights, cfg.device)
     return build_generator(spec, text_encoder=text_encoder, adapter=adapter)
 
 

@@ -108,7 +108,5 @@ def merge_command(
     """
     from debias3d.models.generator import GeneratorSpec, build_generator, read_adapter_info
 
-    info = read_adapter_info(adapter)
-    weights = base if base is not None else info.get("generator_weights")
-    spec = GeneratorSpec(info.get("generator", "mini-trellis"), weights, device)
+    spec = GeneratorSpec(read_adapter_info(adapter).get("generator", "mini-trellis"), base, device)
     return build_generator(spec, adapter=adapter).merge_adapter(out)

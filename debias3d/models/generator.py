@@ -87,7 +87,9 @@ def build_generator(
         spec: a :class:`GeneratorSpec` or just a registry name.
         text_encoder: an already-loaded text encoder to share; a backend uses it only when it
             declares :attr:`GeneratorBase.shares_text_encoder` (and it matches its own encoder).
-        adapter: a LoRA adapter folder to apply (merged) after loading.
+        adapter: a LoRA adapter folder to apply (merged) after loading. When ``spec.weights`` is
+            ``None`` and the adapter records the weights it was trained on, those are loaded, so
+            an adapter is always applied to the model it was trained from.
 
     Raises:
         KeyError: no generator registered under the name (the message lists the choices).
@@ -96,6 +98,10 @@ def build_generator(
 
     if isinstance(spec, str):
         spec = GeneratorSpec(spec)
+    if adapter is not None and spec.weights is None:
+        spec = GeneratorSpec(
+            spec.name, read_adapter_info(adapter).get("generator_weights"), spec.device, spec.options
+        )
     cls = find("generator", spec.name)
     options = dict(spec.options)
     if text_encoder is not None and getattr(cls, "shares_text_encoder", False):

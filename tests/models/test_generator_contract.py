@@ -84,6 +84,17 @@ def test_generate_with_adapter(base_and_adapter, tmp_path):
     assert _occupancy(tmp_path / "tuned") != _occupancy(tmp_path / "plain")
 
 
+def test_an_adapter_without_weights_loads_the_model_it_was_trained_from(base_and_adapter, tmp_path):
+    """`generate --adapter` with no `--weights` samples the base weights the adapter records."""
+    base, adapter = base_and_adapter
+    args = ["generate", "a red vase", "--samples", "2", "--adapter", str(adapter)]
+    given = runner.invoke(app, [*args, "--weights", str(base), "--out", str(tmp_path / "given")])
+    recorded = runner.invoke(app, [*args, "--out", str(tmp_path / "recorded")])
+    assert given.exit_code == 0, given.output
+    assert recorded.exit_code == 0, recorded.output
+    assert _occupancy(tmp_path / "recorded") == _occupancy(tmp_path / "given")
+
+
 def test_generate_with_a_folder_that_is_not_an_adapter(base_and_adapter, tmp_path):
     base, _ = base_and_adapter
     result = runner.invoke(
