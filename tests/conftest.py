@@ -13,6 +13,14 @@ import logging  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def text_encoder():
+    """One shipped MiniLM text encoder for the whole run (frozen; tests only read it)."""
+    from debias3d.models.text_encoder import MiniLMTextEncoder
+
+    return MiniLMTextEncoder()
+
+
 @pytest.fixture(autouse=True)
 def _restore_root_logging():
     """Undo what a command-line test's ``logging.basicConfig(force=True)`` leaves on the root logger.

@@ -1,4 +1,4 @@
-"""Fixtures for the audit tests: one MiniLM encoder per session, tiny random evaluators."""
+"""Fixtures for the audit tests: tiny random evaluators (on the session's MiniLM encoder)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-@pytest.fixture(scope="session")
-def text_encoder():
-    from debias3d.models.text_encoder import MiniLMTextEncoder
-
-    return MiniLMTextEncoder()
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")
-def text_encoder():
-    from debias3d.models.text_encoder import MiniLMTextEncoder
-
-    return MiniLMTextEncoder()
-
-
-@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, text_encoder):
     """``{"weights": dir of a random tiny mini TRELLIS, "evaluator": tiny evaluator, "ranker": stand-in}``."""
     import eval_helpers as h

@@ -19,13 +19,6 @@ PROMPTS = ["a red vase with a long neck", "two blue cups", "a tall green tree ne
 
 
 @pytest.fixture(scope="module")
-def text_encoder():
-    from debias3d.models.text_encoder import MiniLMTextEncoder
-
-    return MiniLMTextEncoder()
-
-
-@pytest.fixture(scope="module")
 def model(text_encoder):
     torch.manual_seed(0)
     return ShapeWorldHyperScore(TINY, text_encoder=text_encoder).eval()

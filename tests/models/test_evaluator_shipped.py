@@ -23,13 +23,6 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def text_encoder():
-    from debias3d.models.text_encoder import MiniLMTextEncoder
-
-    return MiniLMTextEncoder()
-
-
-@pytest.fixture(scope="module")
 def pairs():
     """(clean, corrupted) assets per prompt: wrong colour + floating fragments."""
     from dataclasses import replace
