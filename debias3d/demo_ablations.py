@@ -26,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from debias3d.eval.summary import shown_share
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -137,13 +139,6 @@ def finetune_strategy(
     return Path(out_dir)
 
 
-def _share(verdicts: pd.DataFrame, words: Sequence[str]) -> float:
-    if verdicts.empty or not words:
-        return math.nan
-    sel = verdicts[verdicts["word"].isin(set(words))]
-    return float(sel["shown"].astype(float).mean()) if len(sel) else math.nan
-
-
 def ablation_table(
     base: Any, runs: Mapping[str, Any], neglected: Sequence[str], rest: Sequence[str],
     pairs: Mapping[str, int] | None = None, steps: int | None = None,
@@ -162,9 +157,9 @@ def ablation_table(
         ``evaluator_overall``, ``neglected_gain_points``, ``rest_change_points``, ``rank``.
     """
     rows = []
-    b_neg, b_rest = _share(base.verdicts, neglected), _share(base.verdicts, rest)
+    b_neg, b_rest = shown_share(base.verdicts, neglected), shown_share(base.verdicts, rest)
     for key, run in [("base", base), *runs.items()]:
-        neg, rst = _share(run.verdicts, neglected), _share(run.verdicts, rest)
+        neg, rst = shown_share(run.verdicts, neglected), shown_share(run.verdicts, rest)
         rows.append({
             "strategy": key,
             "name": "base (no fine-tuning)" if key == "base" else STRATEGY_NAMES.get(key, key),

@@ -32,7 +32,8 @@ def _word_fidelity(verdicts: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _share(verdicts: pd.DataFrame, words: Sequence[str]) -> float:
+def shown_share(verdicts: pd.DataFrame, words: Sequence[str]) -> float:
+    """Share of the uses of ``words`` that the measurer found shown (NaN when there are none)."""
     if verdicts.empty or not words:
         return math.nan
     sel = verdicts[verdicts["word"].isin(set(words))]
@@ -102,8 +103,8 @@ def summarize(runs: Sequence[ModelRun], cfg: EvalConfig) -> tuple[dict[str, Any]
         fidelity[r.name] = {
             "overall": bootstrap_ci(fs, **kw).as_dict(),
             "word": float(r.verdicts["shown"].astype(float).mean()) if len(r.verdicts) else math.nan,
-            "neglected": _share(r.verdicts, neglected),
-            "rest": _share(r.verdicts, rest),
+            "neglected": shown_share(r.verdicts, neglected),
+            "rest": shown_share(r.verdicts, rest),
             "neglected_macro": _macro(wt, neglected, r.name),
             "rest_macro": _macro(wt, rest, r.name),
             "frequent": r.fidelity_summary.get("frequent_fidelity", math.nan),
