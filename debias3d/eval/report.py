@@ -163,6 +163,12 @@ _TABLE_MACRO = """
 <table><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for r in t.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>
 {%- endmacro %}
+{%- macro targets_table(targets) -%}
+{% if targets %}<h2>Targets</h2>
+<table><tr><th>target</th><th>required</th><th>measured</th><th>met</th></tr>
+{% for t in targets %}<tr><td>{{ t.name }}</td><td>{{ t.target }}</td><td>{{ t.value }}</td>
+<td class="{{ 'ok' if t.met else 'bad' }}">{{ 'yes' if t.met else 'no' }}</td></tr>{% endfor %}</table>{% endif %}
+{%- endmacro %}
 """
 
 _EVAL_TEMPLATE = (
@@ -173,10 +179,7 @@ _EVAL_TEMPLATE = (
 <p class="muted">{{ n_prompts }} prompts × D={{ D }} samples, same prompts and seeds for every model: {{ models|join(", ") }}.
 {% if adapter %}Adapter: <code>{{ adapter }}</code>.{% endif %}</p>
 <div class="lead">{{ lead }}</div>
-{% if targets %}<h2>Targets</h2>
-<table><tr><th>target</th><th>required</th><th>measured</th><th>met</th></tr>
-{% for t in targets %}<tr><td>{{ t.name }}</td><td>{{ t.target }}</td><td>{{ t.value }}</td>
-<td class="{{ 'ok' if t.met else 'bad' }}">{{ 'yes' if t.met else 'no' }}</td></tr>{% endfor %}</table>{% endif %}
+{{ targets_table(targets) }}
 <h2>Ground truth: fidelity per word</h2>
 <p>Neglected words (red) = bottom quartile of the base model's fidelity: {% for w in neglected %}<span class="neg">{{ w }}</span> {% endfor %}</p>
 {% if word_plot %}<img alt="per-word fidelity" src="data:image/png;base64,{{ word_plot }}">{% endif %}
@@ -359,10 +362,7 @@ _DEMO_TEMPLATE = (
 measured against ShapeWorld ground truth (the measurer reads each word back from the generated shape).
 {% if quick %}Quick budget.{% endif %} Total time {{ total }} s.</p>
 <div class="lead">{{ lead }}</div>
-{% if targets %}<h2>Targets</h2>
-<table><tr><th>target</th><th>required</th><th>measured</th><th>met</th></tr>
-{% for t in targets %}<tr><td>{{ t.name }}</td><td>{{ t.target }}</td><td>{{ t.value }}</td>
-<td class="{{ 'ok' if t.met else 'bad' }}">{{ 'yes' if t.met else 'no' }}</td></tr>{% endfor %}</table>{% endif %}
+{{ targets_table(targets) }}
 <h2>Before / after per category</h2>
 {{ table(categories) }}
 <h2>Fidelity per word, before vs after</h2>
