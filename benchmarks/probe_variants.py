@@ -159,22 +159,12 @@ def variant_scores(raw: dict[str, Any], name: str) -> list[dict[str, np.ndarray]
 
 def truth_frame(texts: list[str], truth: list[list[dict[str, bool]]], valid: np.ndarray,
                 scores: dict[str, list[dict[str, np.ndarray]]]) -> Any:  # fmt: skip
-    import pandas as pd
+    """One row per (prompt, attribute word, sample) with each variant's per-sample score."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from attribution_truth import truth_rows
 
-    rows = []
-    for i in range(len(texts)):
-        for d, tr in enumerate(truth[i]):
-            if not bool(valid[i, d]):
-                continue
-            for word, shown in tr.items():
-                if " " in word:
-                    continue
-                row = {"prompt_id": str(i), "word": word, "sample": d, "shown": bool(shown)}
-                for m, per in scores.items():
-                    v = per[i].get(word)
-                    row[f"score_{m}"] = float(v[d]) if v is not None else np.nan
-                rows.append(row)
-    return pd.DataFrame(rows)
+    per_sample = {m: [{w: (math.nan, v) for w, v in d.items()} for d in per] for m, per in scores.items()}
+    return truth_rows(texts, truth, valid, per_sample)
 
 
 def add_derived(rows: Any, names: list[str], word_class: dict[str, str]) -> list[str]:
