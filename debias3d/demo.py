@@ -241,15 +241,6 @@ def _replay_corpus(cfg: DemoConfig, out: Path) -> Path | None:
     return corpus
 
 
-def _write_summary(path: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """Write ``summary`` as JSON (numpy values made plain, NaN as null); returns what was written."""
-    from debias3d.eval.summary import _jsonable
-
-    summary = _jsonable(summary)
-    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    return summary
-
-
 def _base_weights(cfg: DemoConfig) -> Any:
     """The base generator's weights: the first of eval's, audit's and finetune's settings."""
     return cfg.eval.generator_weights or cfg.audit.generator_weights or cfg.finetune.generator_weights
@@ -429,7 +420,9 @@ def run_demo(
         },  # fmt: skip
         "timings_s": {k: round(v, 1) for k, v in stages.t.items()},
     }
-    summary = _write_summary(out / "summary.json", summary)
+    from debias3d.eval.summary import write_summary_json
+
+    summary = write_summary_json(out / "summary.json", summary)
     (out / "timings.json").write_text(json.dumps(summary["timings_s"], indent=2) + "\n")
     from debias3d.eval.report import write_demo_report
 

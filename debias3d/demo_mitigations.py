@@ -278,7 +278,6 @@ def run_mitigations(
         _load_models,
         _replay_corpus,
         _start,
-        _write_summary,
     )
     from debias3d.demo_ablations import augment_strategy, finetune_strategy, pair_count
     from debias3d.eval.pipeline import (
@@ -287,6 +286,7 @@ def run_mitigations(
         load_generator,
         summarize,
     )
+    from debias3d.eval.summary import write_summary_json
     from debias3d.models.refocus import RefocusConfig, RefocusedGenerator
 
     ms: MitigationSettings = cfg.mitigations
@@ -366,7 +366,7 @@ def run_mitigations(
         "goal_met": goal_met(table),
         "timings_s": {k: round(v, 1) for k, v in stages.t.items()},
     }
-    summary = _write_summary(out / "mitigations.json", summary)
+    summary = write_summary_json(out / "mitigations.json", summary)
     write_report(out, table, summary, plot)
     logger.info("mitigations:\n%s", table_markdown(table))
     logger.info("mitigations finished in %.1f s; report: %s", stages.t["total"], out / "mitigations.html")

@@ -268,6 +268,13 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def write_summary_json(path: str | os.PathLike, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write ``summary`` as JSON, atomically (numpy values made plain, NaN as null); returns what was written."""
+    clean = _jsonable(summary)
+    atomic_write_json(path, clean)
+    return clean
+
+
 def write_outputs(
     out_dir: str | os.PathLike, summary: dict[str, Any], tables: dict[str, pd.DataFrame]
 ) -> dict[str, Any]:
@@ -276,6 +283,4 @@ def write_outputs(
     (out / "tables").mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
         df.to_csv(out / "tables" / f"{name}.csv", index=False)
-    clean = _jsonable(summary)
-    atomic_write_json(out / "summary.json", clean)
-    return clean
+    return write_summary_json(out / "summary.json", summary)
